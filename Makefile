@@ -1,0 +1,73 @@
+# One command surface for people and CI. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+BROKERS ?= 1
+WORKERS ?= 2
+
+# A developer's .env (see .env.example) applies to every target.
+-include .env
+export
+
+.PHONY: help deps install up down status migrate run test test-unit test-integration chaos lint format bench-ingress bench-worker clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+deps: ## install missing system packages (Java, Maven, PostgreSQL, wrk) from Debian
+	@scripts/install-system-deps.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: deps $(STAMP) ## create .venv with the package and its dev tools
+
+up: deps ## start Kafka and PostgreSQL on loopback (BROKERS=3 for a 3-broker cluster)
+	@$(PYTHON) scripts/services.py up --brokers $(BROKERS)
+
+down: ## stop Kafka and PostgreSQL (fine when nothing runs)
+	@$(PYTHON) scripts/services.py down
+
+status: ## what is running
+	@$(PYTHON) scripts/services.py status
+
+migrate: install up ## apply migrations and create topics
+	$(BIN)/orders migrate
+
+run: install up migrate ## the whole stack in the foreground: API + $(WORKERS) workers; Ctrl-C stops it
+	@$(PYTHON) scripts/run-stack.py --workers $(WORKERS)
+
+test: install up ## the whole test suite against the real Kafka and PostgreSQL
+	$(BIN)/pytest
+
+test-unit: install ## only the tests that need no services
+	$(BIN)/pytest tests/unit
+
+chaos: install ## the full fault-injection suite
+	$(PYTHON) scripts/services.py up --brokers 1
+	$(BIN)/pytest -m chaos tests/integration
+
+lint: install ## ruff and mypy --strict
+	$(BIN)/ruff check app tests scripts migrations
+	$(BIN)/ruff format --check app tests scripts migrations
+	$(BIN)/mypy
+
+format: install ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix app tests scripts migrations
+	$(BIN)/ruff format app tests scripts migrations
+
+bench-ingress: install up migrate ## accepted orders/s vs a validate-only baseline (wrk)
+	$(BIN)/python scripts/bench/ingress.py
+
+bench-worker: install up migrate ## worker drain rate vs raw asyncpg and a naive worker
+	$(BIN)/python scripts/bench/worker.py
+
+clean: down ## stop services and delete the state folder and the venv
+	rm -rf .state $(VENV)

@@ -1,0 +1,1 @@
+"""orders: HTTP -> Kafka -> worker group -> PostgreSQL, with every guarantee tested for real."""

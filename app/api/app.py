@@ -1,0 +1,44 @@
+"""The ASGI application: its lifespan owns the engine and the producer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api import customers, health, orders
+from app.api.deps import Resources
+from app.api.guard import RequestGuard
+from app.api.problems import install_problem_handlers
+from app.db.engine import create_engine
+from app.publisher import OrderPublisher
+from app.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            engine = create_engine(settings.database)
+            stack.push_async_callback(engine.dispose)
+            publisher = OrderPublisher(settings.kafka, settings.api.ack_deadline_s)
+            await publisher.start()
+            stack.push_async_callback(publisher.stop)
+            app.state.resources = Resources(settings, engine, publisher)
+            yield
+
+    app = FastAPI(
+        title="orders",
+        summary="Orders accepted over HTTP, carried by Kafka, stored in PostgreSQL exactly once.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestGuard, max_body_bytes=settings.api.max_body_bytes)
+    install_problem_handlers(app, settings.api.retry_after_s)
+    app.include_router(orders.router)
+    app.include_router(customers.router)
+    app.include_router(health.router)
+    return app

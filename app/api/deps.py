@@ -1,0 +1,47 @@
+"""Typed dependencies: the resources the lifespan owns, handed to routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.errors import DatabaseUnavailableError
+from app.publisher import OrderPublisher
+from app.settings import Settings
+
+
+@dataclass(frozen=True)
+class Resources:
+    settings: Settings
+    engine: AsyncEngine
+    publisher: OrderPublisher
+
+
+def get_resources(request: Request) -> Resources:
+    resources: Resources = request.app.state.resources
+    return resources
+
+
+async def get_connection(
+    resources: Annotated[Resources, Depends(get_resources)],
+) -> AsyncIterator[AsyncConnection]:
+    try:
+        async with resources.engine.connect() as connection:
+            yield connection
+    except (OperationalError, DBAPIError, OSError, TimeoutError) as exc:
+        msg = f"PostgreSQL did not answer: {type(exc).__name__}"
+        raise DatabaseUnavailableError(msg) from exc
+
+
+def get_publisher(resources: Annotated[Resources, Depends(get_resources)]) -> OrderPublisher:
+    return resources.publisher
+
+
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+ConnectionDep = Annotated[AsyncConnection, Depends(get_connection)]
+PublisherDep = Annotated[OrderPublisher, Depends(get_publisher)]

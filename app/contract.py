@@ -1,0 +1,102 @@
+"""The wire contract: what the API writes to Kafka and the worker reads back.
+
+Both sides import this one module, so the schema cannot drift between producer and consumer.
+A record value is a versioned JSON envelope; the headers repeat the content type and schema
+version so tools (and a future v2 worker) can route records without parsing the body.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_extra_types.currency_code import ISO4217
+
+from app.errors import PoisonRecordError
+
+SCHEMA_VERSION = 1
+CONTENT_TYPE = "application/json"
+
+HEADER_CONTENT_TYPE = "content-type"
+HEADER_SCHEMA_VERSION = "schema-version"
+HEADER_REQUEST_ID = "request-id"
+
+# Fixed namespace for idempotent order ids: changing it would change every derived id.
+ORDER_ID_NAMESPACE = uuid.UUID("6f1c2f4e-9a43-4c57-9a55-0d3f1b7e2a10")
+
+CustomerId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@-]+$")]
+Sku = Annotated[str, Field(min_length=1, max_length=64)]
+Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4, allow_inf_nan=False)]
+
+
+class OrderLine(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sku: Sku
+    quantity: Annotated[int, Field(gt=0, le=10_000, strict=True)]
+    unit_price: Money
+
+
+class OrderEnvelope(BaseModel):
+    """Schema version 1 of an accepted order, as it travels on the `orders` topic."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    order_id: uuid.UUID
+    customer_id: CustomerId
+    items: tuple[OrderLine, ...] = Field(min_length=1, max_length=100)
+    total: Decimal
+    currency: ISO4217
+    accepted_at: datetime
+
+    @model_validator(mode="after")
+    def _total_matches_items(self) -> OrderEnvelope:
+        if self.total != order_total(self.items):
+            msg = f"total {self.total} does not equal the sum of the items"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def key(self) -> bytes:
+        """The record key: the customer id, so one customer's orders share a partition."""
+        return self.customer_id.encode()
+
+
+def order_total(items: tuple[OrderLine, ...] | list[OrderLine]) -> Decimal:
+    """Sum of quantity x unit price, in exact decimal arithmetic (never floats for money)."""
+    return sum((line.unit_price * line.quantity for line in items), Decimal(0))
+
+
+def order_id_for(customer_id: str, idempotency_key: str | None) -> uuid.UUID:
+    """The same customer and Idempotency-Key always give the same order id; no key, a new one."""
+    if idempotency_key is None:
+        return uuid.uuid4()
+    return uuid.uuid5(ORDER_ID_NAMESPACE, f"{customer_id}\x1f{idempotency_key}")
+
+
+def encode(envelope: OrderEnvelope, request_id: str) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The record value and headers for an envelope."""
+    headers = [
+        (HEADER_CONTENT_TYPE, CONTENT_TYPE.encode()),
+        (HEADER_SCHEMA_VERSION, str(envelope.schema_version).encode()),
+        (HEADER_REQUEST_ID, request_id.encode()),
+    ]
+    return envelope.model_dump_json().encode(), headers
+
+
+def decode(value: bytes | None) -> OrderEnvelope:
+    """Parse a record value; anything that is not a valid v1 envelope is a poison record."""
+    if value is None:
+        msg = "record has no value (tombstone)"
+        raise PoisonRecordError(msg)
+    try:
+        return OrderEnvelope.model_validate_json(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "value"
+        msg = f"not a v{SCHEMA_VERSION} order envelope: {where}: {first['msg']}"
+        raise PoisonRecordError(msg) from exc

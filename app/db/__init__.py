@@ -1,0 +1,1 @@
+"""PostgreSQL: tables, engine and the queries the API and the worker run."""

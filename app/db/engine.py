@@ -1,0 +1,16 @@
+"""The async engine, built by a factory at start-up (never at import)."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app.settings import DatabaseSettings
+
+
+def create_engine(settings: DatabaseSettings) -> AsyncEngine:
+    return create_async_engine(
+        str(settings.url),
+        pool_size=settings.pool_size,
+        pool_pre_ping=True,
+        connect_args={"timeout": settings.connect_timeout_s},
+    )

@@ -1,0 +1,33 @@
+"""The project's error hierarchy. Each class says whether retrying the same thing can succeed."""
+
+from __future__ import annotations
+
+
+class OrdersError(Exception):
+    """Root of every error this project raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigurationError(OrdersError):
+    """A setting is missing or invalid; the process cannot start."""
+
+
+class NotStartedError(OrdersError):
+    """A client was used before its `start()` (or after its `stop()`)."""
+
+
+class BrokerUnavailableError(OrdersError):
+    """Kafka did not acknowledge in time; the order was not accepted and may be retried."""
+
+    retriable = True
+
+
+class DatabaseUnavailableError(OrdersError):
+    """PostgreSQL could not be reached or a transaction failed for a transient reason."""
+
+    retriable = True
+
+
+class PoisonRecordError(OrdersError):
+    """A record that can never be processed (bad JSON, wrong schema, unknown version)."""

@@ -1,0 +1,166 @@
+"""The API's side of Kafka: one idempotent, acks=all producer, every wait bounded.
+
+aiokafka pitfalls this module exists for:
+- an idempotent producer's batches never expire, so `send()` can wait forever for a broker that
+  is down: every wait here has a deadline, and missing it means "not accepted" (503);
+- after a fatal sequence error (OutOfOrderSequenceNumber, UnknownProducerId) or a dead sender
+  task the producer is unusable: it is replaced, and `ready` is false meanwhile;
+- `stop()` flushes, which also waits forever on a dead broker: closing is bounded too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber, ProducerFenced, UnknownProducerId
+
+from app import contract
+from app.errors import BrokerUnavailableError
+from app.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+# Errors after which the producer's sequence state is broken for good.
+FATAL_PRODUCER_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, ProducerFenced)
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    partition: int
+    offset: int | None  # None when the broker reported a duplicate sequence without an offset
+
+
+def build_producer(settings: KafkaSettings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.client_id}-api",
+        # Idempotence implies acks=all; spelled out because the guarantee depends on it.
+        enable_idempotence=True,
+        acks="all",
+        # aiokafka's default partitioner is Kafka's murmur2 (same as the Java client): the same
+        # customer id lands on the same partition whichever client produced it.
+        compression_type=None if settings.compression_type == "none" else settings.compression_type,
+        linger_ms=settings.linger_ms,
+        max_batch_size=settings.max_batch_size,
+        request_timeout_ms=settings.request_timeout_ms,
+    )
+
+
+async def close_producer(producer: AIOKafkaProducer, timeout: float) -> None:
+    """Stop a producer within `timeout`, abandoning what the broker never acknowledged."""
+    try:
+        await asyncio.wait_for(producer.stop(), timeout)
+    except (TimeoutError, KafkaError) as exc:
+        log.warning("producer did not close cleanly within %.1fs: %r", timeout, exc)
+        # stop() waits for the accumulator to drain, which never happens with the broker gone;
+        # cancel the sender task (aiokafka has no public way) so no task outlives the producer.
+        sender = getattr(producer, "_sender", None)
+        if sender is not None and sender.sender_task is not None:
+            sender.sender_task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.client.close(), timeout)
+
+
+class OrderPublisher:
+    """Publishes order envelopes; keeps a healthy producer in place, replacing a broken one."""
+
+    def __init__(self, settings: KafkaSettings, ack_deadline_s: float) -> None:
+        self._settings = settings
+        self._deadline = ack_deadline_s
+        self._producer: AIOKafkaProducer | None = None
+        self._broken = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Try to connect now; if the broker is down, keep trying in the background."""
+        self._supervisor = asyncio.create_task(self._supervise(), name="producer-supervisor")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wait_started(), self._deadline)
+
+    async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        if self._producer is not None:
+            await close_producer(self._producer, self._deadline)
+            self._producer = None
+
+    @property
+    def started(self) -> bool:
+        return self._producer is not None and not self._broken.is_set() and self._sender_alive()
+
+    async def broker_reachable(self, timeout: float) -> bool:
+        """A metadata round trip to any broker, bounded by `timeout`."""
+        if not self.started:
+            return False
+        assert self._producer is not None
+        try:
+            return bool(await asyncio.wait_for(self._producer.client.fetch_all_metadata(), timeout))
+        except (TimeoutError, KafkaError):
+            return False
+
+    async def publish(self, envelope: contract.OrderEnvelope, request_id: str) -> Acknowledgement:
+        """Produce one order and wait for acks=all, or raise BrokerUnavailableError in time."""
+        producer = self._producer
+        if producer is None or not self.started:
+            msg = "Kafka producer is not connected"
+            raise BrokerUnavailableError(msg)
+        value, headers = contract.encode(envelope, request_id)
+        try:
+            async with asyncio.timeout(self._deadline):
+                delivery = await producer.send(
+                    self._settings.orders_topic, value=value, key=envelope.key, headers=headers
+                )
+                metadata = await delivery
+        except TimeoutError as exc:
+            msg = f"no acknowledgement from Kafka within {self._deadline:.1f}s"
+            raise BrokerUnavailableError(msg) from exc
+        except FATAL_PRODUCER_ERRORS as exc:
+            log.error("fatal producer error, replacing the producer: %r", exc)
+            self._broken.set()
+            msg = f"Kafka producer failed: {type(exc).__name__}"
+            raise BrokerUnavailableError(msg) from exc
+        except KafkaError as exc:
+            msg = f"Kafka refused the record: {type(exc).__name__}"
+            raise BrokerUnavailableError(msg) from exc
+        offset = metadata.offset if metadata.offset >= 0 else None
+        return Acknowledgement(partition=metadata.partition, offset=offset)
+
+    def _sender_alive(self) -> bool:
+        # aiokafka exposes no health flag; a finished sender task means nothing will be delivered.
+        sender = getattr(self._producer, "_sender", None)
+        task = getattr(sender, "sender_task", None)
+        return task is not None and not task.done()
+
+    async def _wait_started(self) -> None:
+        while not self.started:
+            await asyncio.sleep(0.05)
+
+    async def _supervise(self) -> None:
+        backoff = 0.2
+        while True:
+            if self._producer is not None and (self._broken.is_set() or not self._sender_alive()):
+                old, self._producer = self._producer, None
+                await close_producer(old, self._deadline)
+            if self._producer is None:
+                producer = build_producer(self._settings)
+                try:
+                    # start() waits for a producer id, forever if no broker answers: bound it.
+                    await asyncio.wait_for(producer.start(), self._deadline)
+                except (TimeoutError, KafkaError, OSError) as exc:
+                    log.warning("Kafka producer could not start (%r); retrying in %.1fs", exc, backoff)
+                    await close_producer(producer, 1.0)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                self._producer, backoff = producer, 0.2
+                self._broken.clear()
+                log.info("Kafka producer connected to %s", self._settings.bootstrap_servers)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._broken.wait(), 1.0)

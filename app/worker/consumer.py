@@ -1,0 +1,302 @@
+"""One member of the `order-workers` group: fetch a batch, store it, then commit it.
+
+The order of events for every batch is the whole design:
+
+    getmany -> poison records to the DLQ (acked) -> ONE PostgreSQL transaction (orders +
+    fenced positions) -> COMMIT -> Kafka commit of exactly the processed offsets (last + 1)
+
+A crash anywhere before the PostgreSQL COMMIT redoes the batch; a crash after it redoes nothing,
+because the positions in PostgreSQL say where to resume and order ids absorb redeliveries.
+
+aiokafka pitfalls this module designs around:
+- `commit()` without arguments commits the *fetched* position, which may be ahead of what was
+  processed: every commit here names its offsets;
+- rebalance callbacks run concurrently with this loop: a lock makes a revocation wait for the
+  in-flight batch, and each batch keeps only the partitions still assigned when it starts;
+- a paused consumer must keep calling `getmany`, or it leaves the group (max.poll.interval.ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import contract
+from app.errors import PoisonRecordError
+from app.settings import Settings
+from app.worker import faults
+from app.worker.dead_letters import DeadLetterPublisher
+from app.worker.ledger import IncomingOrder, PartitionSpan, read_positions, record_batch
+
+log = logging.getLogger(__name__)
+
+Record = ConsumerRecord[bytes, bytes]
+Batch = dict[TopicPartition, list[Record]]
+
+# Failures that say "try the same batch again later", never "skip it".
+TRANSIENT_ERRORS = (SQLAlchemyError, DBAPIError, OSError, TimeoutError, KafkaError)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    records: int = 0
+    inserted: int = 0
+    dead_lettered: int = 0
+    fenced: int = 0
+    retries: int = 0
+    positions: dict[int, int] = field(default_factory=dict)
+
+
+class OrderWorker:
+    def __init__(self, settings: Settings, engine: AsyncEngine, name: str | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.name = name or worker_name()
+        self.stats = WorkerStats()
+        self._topic = settings.kafka.orders_topic
+        self._group = settings.worker.group_id
+        self._in_flight = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._consumer = self._build_consumer()
+        self._dead_letters = self._build_dead_letters()
+
+    def reset_clients(self) -> None:
+        """Fresh Kafka clients after a failed start (aiokafka clients cannot be restarted)."""
+        self._consumer = self._build_consumer()
+        self._dead_letters = self._build_dead_letters()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def _build_dead_letters(self) -> DeadLetterPublisher:
+        return DeadLetterPublisher(self.settings.kafka, self.name, self.settings.worker.commit_timeout_s)
+
+    def _build_consumer(self) -> AIOKafkaConsumer:
+        kafka, worker = self.settings.kafka, self.settings.worker
+        return AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap_servers,
+            client_id=f"{kafka.client_id}-worker-{self.name}",
+            group_id=worker.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # Never see records of aborted transactions (tools or future producers may use them).
+            isolation_level="read_committed",
+            session_timeout_ms=worker.session_timeout_ms,
+            heartbeat_interval_ms=worker.heartbeat_interval_ms,
+            max_poll_interval_ms=worker.max_poll_interval_ms,
+            rebalance_timeout_ms=worker.rebalance_timeout_ms,
+            max_poll_records=worker.max_records,
+            request_timeout_ms=kafka.request_timeout_ms,
+        )
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._dead_letters.start()
+        self._consumer.subscribe([self._topic], listener=_Rebalance(self))
+        await self._consumer.start()
+        log.info("worker %s joined group %s on topic %s", self.name, self._group, self._topic)
+
+    def request_stop(self) -> None:
+        """Finish the batch in flight, commit it, then leave the group."""
+        self._stopping.set()
+
+    async def close(self) -> None:
+        timeout = self.settings.worker.commit_timeout_s
+        try:
+            # Leaving the group now hands the partitions over without a session timeout.
+            await asyncio.wait_for(self._consumer.stop(), timeout)
+        except (TimeoutError, KafkaError) as exc:
+            log.warning("consumer did not leave the group cleanly: %r", exc)
+        await self._dead_letters.stop()
+
+    async def run(self) -> None:
+        """Process batches until `request_stop()`."""
+        backoff = self.settings.worker.retry_backoff_initial_s
+        while not self._stopping.is_set():
+            batch = await self._consumer.getmany(
+                timeout_ms=self.settings.worker.fetch_timeout_ms,
+                max_records=self.settings.worker.max_records,
+            )
+            if not batch:
+                continue
+            try:
+                await asyncio.wait_for(self._process(batch), self.settings.worker.batch_timeout_s)
+            except TRANSIENT_ERRORS as exc:
+                self.stats.retries += 1
+                log.warning("batch failed (%r); retrying from its start in %.1fs", exc, backoff)
+                await self._back_off(batch, backoff)
+                backoff = min(backoff * 2, self.settings.worker.retry_backoff_max_s)
+            else:
+                backoff = self.settings.worker.retry_backoff_initial_s
+
+    # --- one batch -------------------------------------------------------------------------
+
+    async def _process(self, batch: Batch) -> None:
+        async with self._in_flight:
+            # A rebalance may have revoked partitions since getmany returned: drop their records.
+            assigned = self._consumer.assignment()
+            batch = {tp: records for tp, records in batch.items() if tp in assigned and records}
+            if not batch:
+                return
+            orders, poison = _parse(batch)
+            if poison:
+                await self._dead_letters.publish(poison)
+                faults.hit("after_dead_letter")
+            spans = [
+                PartitionSpan(tp.partition, records[0].offset, records[-1].offset + 1)
+                for tp, records in batch.items()
+            ]
+            async with self.engine.begin() as connection:
+                result = await record_batch(
+                    connection,
+                    group_id=self._group,
+                    topic=self._topic,
+                    owner=self.name,
+                    spans=spans,
+                    orders=orders,
+                )
+                faults.hit("inside_db_transaction")
+            faults.hit("after_db_commit")
+            for partition, stored in result.fenced.items():
+                # Someone else moved this partition on: whatever we fetched is not ours to write.
+                log.warning(
+                    "partition %d fenced: stored position %d, batch began at %d; seeking there",
+                    partition,
+                    stored,
+                    next(s.start for s in spans if s.partition == partition),
+                )
+                self._consumer.seek(TopicPartition(self._topic, partition), stored)
+            done = {
+                TopicPartition(self._topic, s.partition): OffsetAndMetadata(s.end, "")
+                for s in spans
+                if s.partition not in result.fenced
+            }
+            await self._commit_to_kafka(done)
+            self._count(batch, orders, poison, result.inserted, len(result.fenced), spans)
+
+    async def _commit_to_kafka(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        """Mirror the stored positions into the group's offsets, for lag tools; best effort."""
+        if not offsets:
+            return
+        try:
+            await asyncio.wait_for(
+                self._consumer.commit(offsets), self.settings.worker.commit_timeout_s
+            )
+        except (TimeoutError, KafkaError) as exc:
+            # PostgreSQL already holds the truth; the next owner seeks from there.
+            log.warning("Kafka commit failed (%r); positions are safe in PostgreSQL", exc)
+
+    async def _back_off(self, batch: Batch, delay: float) -> None:
+        """Rewind the failed batch, pause fetching, and keep polling so we stay in the group."""
+        for tp, records in batch.items():
+            if tp in self._consumer.assignment() and records:
+                self._consumer.seek(tp, records[0].offset)
+        paused = set(self._consumer.assignment())
+        self._consumer.pause(*paused)
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + delay
+            while not self._stopping.is_set() and loop.time() < deadline:
+                remaining_ms = max(1, int((deadline - loop.time()) * 1000))
+                await self._consumer.getmany(timeout_ms=min(remaining_ms, 500))
+        finally:
+            self._consumer.resume(*self._consumer.assignment())
+
+    def _count(
+        self,
+        batch: Batch,
+        orders: list[IncomingOrder],
+        poison: list[tuple[Record, Exception]],
+        inserted: int,
+        fenced: int,
+        spans: list[PartitionSpan],
+    ) -> None:
+        self.stats.batches += 1
+        self.stats.records += sum(len(records) for records in batch.values())
+        self.stats.inserted += inserted
+        self.stats.dead_lettered += len(poison)
+        self.stats.fenced += fenced
+        for span in spans:
+            self.stats.positions[span.partition] = span.end
+
+    # --- rebalancing -----------------------------------------------------------------------
+
+    async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        try:
+            async with asyncio.timeout(self.settings.worker.batch_timeout_s):
+                async with self._in_flight:
+                    pass  # the in-flight batch has committed (or failed and will be redone)
+        except TimeoutError:
+            log.warning("in-flight batch did not finish before the revocation; the fence holds")
+        log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+
+    async def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        mine = [tp for tp in assigned if tp.topic == self._topic]
+        if not mine:
+            return
+        try:
+            async with asyncio.timeout(self.settings.worker.commit_timeout_s):
+                async with self.engine.connect() as connection:
+                    stored = await read_positions(
+                        connection, self._group, self._topic, [tp.partition for tp in mine]
+                    )
+        except TRANSIENT_ERRORS as exc:
+            # Start from Kafka's committed offsets instead; the fence corrects any difference.
+            log.warning("could not read positions from PostgreSQL (%r)", exc)
+            stored = {}
+        for tp in mine:
+            if tp.partition in stored:
+                self._consumer.seek(tp, stored[tp.partition])
+        log.info(
+            "partitions assigned: %s (resuming at %s)",
+            sorted(tp.partition for tp in mine),
+            {p: stored.get(p, "committed") for p in sorted(tp.partition for tp in mine)},
+        )
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: OrderWorker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._worker._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._worker._on_assigned(assigned)
+
+
+def _parse(batch: Batch) -> tuple[list[IncomingOrder], list[tuple[Record, Exception]]]:
+    orders: list[IncomingOrder] = []
+    poison: list[tuple[Record, Exception]] = []
+    for records in batch.values():
+        for record in records:
+            try:
+                envelope = contract.decode(record.value)
+            except PoisonRecordError as exc:
+                poison.append((record, exc))
+                continue
+            orders.append(IncomingOrder(envelope, record.partition, record.offset))
+    return orders, poison
+
+
+async def stop_quietly(worker: OrderWorker) -> None:
+    with contextlib.suppress(Exception):
+        await worker.close()

@@ -1,0 +1,69 @@
+"""Poison records go to the dead-letter topic, with headers that say where they came from."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+
+from app.publisher import build_producer, close_producer
+from app.settings import KafkaSettings
+
+# Header names follow Kafka Connect's dead-letter convention where one exists.
+H_TOPIC = "dlq.original.topic"
+H_PARTITION = "dlq.original.partition"
+H_OFFSET = "dlq.original.offset"
+H_ERROR_CLASS = "dlq.error.class"
+H_ERROR_MESSAGE = "dlq.error.message"
+H_WORKER = "dlq.worker"
+H_FAILED_AT = "dlq.failed.at"
+
+
+def dead_letter_headers(
+    record: ConsumerRecord[bytes, bytes], error: Exception, worker: str
+) -> list[tuple[str, bytes]]:
+    """The original record's headers, plus where it came from and why it was refused."""
+    provenance = [
+        (H_TOPIC, record.topic.encode()),
+        (H_PARTITION, str(record.partition).encode()),
+        (H_OFFSET, str(record.offset).encode()),
+        (H_ERROR_CLASS, type(error).__name__.encode()),
+        (H_ERROR_MESSAGE, str(error)[:1000].encode()),
+        (H_WORKER, worker.encode()),
+        (H_FAILED_AT, datetime.now(UTC).isoformat().encode()),
+    ]
+    return [*list(record.headers or ()), *provenance]
+
+
+class DeadLetterPublisher:
+    def __init__(self, settings: KafkaSettings, worker: str, timeout_s: float) -> None:
+        self._settings = settings
+        self._worker = worker
+        self._timeout = timeout_s
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        self._producer = build_producer(self._settings)
+        await asyncio.wait_for(self._producer.start(), self._timeout)
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await close_producer(self._producer, self._timeout)
+            self._producer = None
+
+    async def publish(self, poison: list[tuple[ConsumerRecord[bytes, bytes], Exception]]) -> None:
+        """Send every poison record and wait for acks=all; raises if that takes too long."""
+        assert self._producer is not None, "DeadLetterPublisher used before start()"
+        async with asyncio.timeout(self._timeout):
+            deliveries = [
+                await self._producer.send(
+                    self._settings.dlq_topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=dead_letter_headers(record, error, self._worker),
+                )
+                for record, error in poison
+            ]
+            await asyncio.gather(*deliveries)

@@ -1,0 +1,197 @@
+"""The worker's write path: one PostgreSQL transaction per fetched batch, set-based.
+
+In one transaction the batch
+1. locks this group's position row of every partition in the batch and checks the fence: a
+   partition's records count only if its stored position is exactly where the batch begins.
+   Otherwise another member (or a newer generation of this one) has moved on, and this batch is
+   a zombie's late write: its records for that partition are dropped;
+2. inserts the orders that are new (order_id is the idempotency anchor: a redelivered or retried
+   order changes nothing), numbering each customer's new orders 1, 2, 3, ... in offset order;
+3. moves each unfenced position to the end of the batch.
+Postgres is the source of truth for offsets; the Kafka commit that follows only mirrors it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY, BIGINT, INTEGER, TEXT
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.contract import OrderEnvelope
+
+
+@dataclass(frozen=True)
+class PartitionSpan:
+    """The offsets one batch covers on one partition: [start, end)."""
+
+    partition: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class StoredPosition:
+    partition: int
+    next_offset: int
+
+
+@dataclass(frozen=True)
+class IncomingOrder:
+    envelope: OrderEnvelope
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    inserted: int
+    fenced: dict[int, int]  # partition -> the stored position this batch did not start at
+
+
+_INIT_POSITIONS = text(
+    """
+    INSERT INTO consumer_positions (group_id, topic, partition, next_offset, owner)
+    SELECT :group_id, :topic, p, o, :owner FROM unnest(:partitions, :starts) AS t(p, o)
+    ON CONFLICT DO NOTHING
+    """
+).bindparams(
+    bindparam("partitions", type_=ARRAY(INTEGER)), bindparam("starts", type_=ARRAY(BIGINT))
+)
+
+_LOCK_POSITIONS = text(
+    """
+    SELECT partition, next_offset FROM consumer_positions
+    WHERE group_id = :group_id AND topic = :topic AND partition = ANY(:partitions)
+    ORDER BY partition
+    FOR UPDATE
+    """
+).bindparams(bindparam("partitions", type_=ARRAY(INTEGER)))
+
+# Each customer's orders live on one partition (keyed by customer id), so numbering a customer's
+# new orders by offset is numbering them in the order Kafka accepted them.
+_INSERT_ORDERS = text(
+    """
+    WITH incoming AS (
+        SELECT * FROM unnest(
+            CAST(:order_ids AS uuid[]), :customer_ids, :items, CAST(:totals AS numeric[]),
+            :currencies, CAST(:accepted_ats AS timestamptz[]), :partitions, :offsets
+        ) AS t(order_id, customer_id, items, total, currency, accepted_at,
+               kafka_partition, kafka_offset)
+    ),
+    fresh AS (
+        SELECT DISTINCT ON (i.order_id) i.*
+        FROM incoming AS i
+        WHERE NOT EXISTS (SELECT 1 FROM orders AS o WHERE o.order_id = i.order_id)
+        ORDER BY i.order_id, i.kafka_partition, i.kafka_offset
+    ),
+    numbered AS (
+        SELECT f.*,
+               row_number() OVER per_customer AS n,
+               count(*) OVER (PARTITION BY f.customer_id) AS batch_count
+        FROM fresh AS f
+        WINDOW per_customer AS (PARTITION BY f.customer_id ORDER BY f.kafka_partition, f.kafka_offset)
+    ),
+    bumped AS (
+        INSERT INTO customer_sequences AS s (customer_id, last_sequence)
+        SELECT customer_id, count(*) FROM fresh GROUP BY customer_id ORDER BY customer_id
+        ON CONFLICT (customer_id) DO UPDATE SET last_sequence = s.last_sequence + EXCLUDED.last_sequence
+        RETURNING s.customer_id, s.last_sequence
+    )
+    INSERT INTO orders (order_id, customer_id, sequence, items, total, currency, accepted_at,
+                        kafka_partition, kafka_offset)
+    SELECT n.order_id, n.customer_id, b.last_sequence - n.batch_count + n.n, CAST(n.items AS jsonb),
+           n.total, n.currency, n.accepted_at, n.kafka_partition, n.kafka_offset
+    FROM numbered AS n JOIN bumped AS b USING (customer_id)
+    """
+).bindparams(
+    bindparam("order_ids", type_=ARRAY(TEXT)),
+    bindparam("customer_ids", type_=ARRAY(TEXT)),
+    bindparam("items", type_=ARRAY(TEXT)),
+    bindparam("totals", type_=ARRAY(TEXT)),
+    bindparam("currencies", type_=ARRAY(TEXT)),
+    bindparam("accepted_ats", type_=ARRAY(TEXT)),
+    bindparam("partitions", type_=ARRAY(INTEGER)),
+    bindparam("offsets", type_=ARRAY(BIGINT)),
+)
+
+_ADVANCE_POSITIONS = text(
+    """
+    UPDATE consumer_positions AS p
+    SET next_offset = t.next_offset, owner = :owner, updated_at = now()
+    FROM unnest(:partitions, :ends) AS t(partition, next_offset)
+    WHERE p.group_id = :group_id AND p.topic = :topic AND p.partition = t.partition
+    """
+).bindparams(bindparam("partitions", type_=ARRAY(INTEGER)), bindparam("ends", type_=ARRAY(BIGINT)))
+
+_READ_POSITIONS = text(
+    """
+    SELECT partition, next_offset FROM consumer_positions
+    WHERE group_id = :group_id AND topic = :topic AND partition = ANY(:partitions)
+    """
+).bindparams(bindparam("partitions", type_=ARRAY(INTEGER)))
+
+
+async def read_positions(
+    connection: AsyncConnection, group_id: str, topic: str, partitions: Sequence[int]
+) -> dict[int, int]:
+    """Stored next offsets for these partitions (missing ones were never processed)."""
+    result = await connection.execute(
+        _READ_POSITIONS, {"group_id": group_id, "topic": topic, "partitions": list(partitions)}
+    )
+    return {row.partition: row.next_offset for row in result}
+
+
+async def record_batch(
+    connection: AsyncConnection,
+    *,
+    group_id: str,
+    topic: str,
+    owner: str,
+    spans: Sequence[PartitionSpan],
+    orders: Sequence[IncomingOrder],
+) -> BatchResult:
+    """Apply one batch inside the caller's transaction. See the module docstring."""
+    scope = {"group_id": group_id, "topic": topic, "owner": owner}
+    partitions = [span.partition for span in spans]
+    await connection.execute(
+        _INIT_POSITIONS, {**scope, "partitions": partitions, "starts": [s.start for s in spans]}
+    )
+    locked = await connection.execute(_LOCK_POSITIONS, {**scope, "partitions": partitions})
+    stored = {row.partition: row.next_offset for row in locked}
+    fenced = {s.partition: stored[s.partition] for s in spans if stored[s.partition] != s.start}
+    accepted = [order for order in orders if order.partition not in fenced]
+    inserted = 0
+    if accepted:
+        result = await connection.execute(_INSERT_ORDERS, _order_columns(accepted))
+        inserted = result.rowcount
+    moving = [span for span in spans if span.partition not in fenced]
+    if moving:
+        await connection.execute(
+            _ADVANCE_POSITIONS,
+            {
+                **scope,
+                "partitions": [span.partition for span in moving],
+                "ends": [span.end for span in moving],
+            },
+        )
+    return BatchResult(inserted=inserted, fenced=fenced)
+
+
+def _order_columns(orders: Sequence[IncomingOrder]) -> dict[str, list[Any]]:
+    return {
+        "order_ids": [str(o.envelope.order_id) for o in orders],
+        "customer_ids": [o.envelope.customer_id for o in orders],
+        "items": [
+            json.dumps([line.model_dump(mode="json") for line in o.envelope.items]) for o in orders
+        ],
+        "totals": [str(o.envelope.total) for o in orders],
+        "currencies": [o.envelope.currency for o in orders],
+        "accepted_ats": [o.envelope.accepted_at.isoformat() for o in orders],
+        "partitions": [o.partition for o in orders],
+        "offsets": [o.offset for o in orders],
+    }
