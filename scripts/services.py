@@ -36,6 +36,11 @@ DEFAULT_KAFKA = "127.0.0.1:9092"
 DEFAULT_DATABASE = "postgresql+asyncpg://orders:orders@127.0.0.1:5432/orders"
 
 
+# Brokers this process started, kept so that when tests import this module, a running broker's
+# Popen is never garbage-collected (and can be reaped once it exits).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
 class ServiceError(Exception):
     pass
 
@@ -61,6 +66,9 @@ def pid_alive(pid_file: Path) -> int | None:
         os.kill(pid, 0)
     except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
         return None
+    # A process we started ourselves (tests import this module) lingers as a zombie until reaped.
+    if pid in _children:
+        return None if _children[pid].poll() is not None else pid
     return pid
 
 
@@ -120,7 +128,7 @@ def kafka_classpath() -> str:
         say("resolving the Kafka broker jars from Maven Central (once)")
         shutil.rmtree(libs, ignore_errors=True)
         subprocess.run(
-            [mvn, "-q", "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
+            [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
              f"-DoutputDirectory={libs}"],
             check=True,
         )
@@ -165,17 +173,23 @@ def kafka_properties(node: int, brokers: int, base: int, data: Path) -> str:
     ])
 
 
-def kafka_up(brokers: int, base: int) -> str:
+def kafka_node_home(cluster: Path, node: int) -> Path:
+    return cluster / f"node-{node}"
+
+
+def kafka_up(brokers: int, base: int, cluster: Path | None = None) -> str:
+    """Start (or find running) a KRaft cluster of `brokers` combined nodes; wait until ready."""
+    cluster = cluster or STATE / "kafka" / f"cluster-{brokers}"
     bootstrap = ",".join(f"127.0.0.1:{kafka_ports(n, base)[0]}" for n in range(1, brokers + 1))
     java_bin = java()
     classpath = kafka_classpath()
-    cluster_file = STATE / "kafka" / f"cluster-{brokers}.id"
+    cluster_file = cluster / "cluster.id"
     if not cluster_file.exists():
         cluster_file.parent.mkdir(parents=True, exist_ok=True)
         cluster_file.write_text(uuid.uuid4().hex[:22])
     cluster_id = cluster_file.read_text().strip()
     for node in range(1, brokers + 1):
-        home = STATE / "kafka" / f"cluster-{brokers}" / f"node-{node}"
+        home = kafka_node_home(cluster, node)
         data = home / "data"
         pid_file = home / "broker.pid"
         if pid_alive(pid_file):
@@ -203,10 +217,11 @@ def kafka_up(brokers: int, base: int) -> str:
                 start_new_session=True,
             )
         pid_file.write_text(str(process.pid))
+        _children[process.pid] = process
         say(f"Kafka node {node} starting on 127.0.0.1:{broker_port} (log: {log})")
     for node in range(1, brokers + 1):
         broker_port, _ = kafka_ports(node, base)
-        log = STATE / "kafka" / f"cluster-{brokers}" / f"node-{node}" / "broker.log"
+        log = kafka_node_home(cluster, node) / "broker.log"
         wait_until(lambda p=broker_port: kafka_answers(java_bin, classpath, p),
                    f"Kafka node {node}", 120, log)
     say(f"Kafka ready at {bootstrap}")
@@ -225,8 +240,8 @@ def kafka_answers(java_bin: str, classpath: str, port: int) -> bool:
     return result.returncode == 0
 
 
-def kafka_down() -> None:
-    for pid_file in sorted((STATE / "kafka").glob("cluster-*/node-*/broker.pid")):
+def kafka_down(root: Path | None = None) -> None:
+    for pid_file in sorted((root or STATE / "kafka").glob("**/node-*/broker.pid")):
         stop_pid(pid_file, f"Kafka {pid_file.parent.parent.name}/{pid_file.parent.name}")
 
 
@@ -255,8 +270,9 @@ def as_pg_user() -> list[str]:
     return ["runuser", "-u", "postgres", "--"]
 
 
-def postgres_up(port: int) -> str:
-    home = STATE / "postgres"
+def postgres_up(port: int, home: Path | None = None) -> str:
+    """Start (or find running) a PostgreSQL server with database `orders`; return its URL."""
+    home = home or STATE / "postgres"
     data = home / "data"
     sockets = home / "run"
     log = home / "postgres.log"
@@ -307,8 +323,8 @@ def postgres_up(port: int) -> str:
     return url
 
 
-def postgres_down() -> None:
-    data = STATE / "postgres" / "data"
+def postgres_down(home: Path | None = None) -> None:
+    data = (home or STATE / "postgres") / "data"
     if not (data / "PG_VERSION").exists():
         return
     runner = as_pg_user()
@@ -360,7 +376,7 @@ def down() -> None:
 
 
 def status() -> None:
-    for pid_file in sorted((STATE / "kafka").glob("cluster-*/node-*/broker.pid")):
+    for pid_file in sorted((STATE / "kafka").glob("**/node-*/broker.pid")):
         state = "running" if pid_alive(pid_file) else "stopped"
         say(f"kafka {pid_file.parent.parent.name}/{pid_file.parent.name}: {state}")
     data = STATE / "postgres" / "data"

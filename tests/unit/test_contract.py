@@ -1,0 +1,87 @@
+"""The wire contract: envelopes round-trip, ids are deterministic, bad records are poison."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from app import contract
+from app.contract import OrderEnvelope, OrderLine
+from app.errors import PoisonRecordError
+
+
+def envelope(**overrides: object) -> OrderEnvelope:
+    items = (OrderLine(sku="A", quantity=3, unit_price=Decimal("0.10")),)
+    fields: dict[str, object] = {
+        "order_id": uuid.uuid4(),
+        "customer_id": "c-1",
+        "items": items,
+        "total": contract.order_total(items),
+        "currency": "EUR",
+        "accepted_at": datetime(2026, 1, 1, tzinfo=UTC),
+    }
+    fields.update(overrides)
+    return OrderEnvelope.model_validate(fields)
+
+
+def test_total_is_exact_decimal_arithmetic() -> None:
+    items = [OrderLine(sku="A", quantity=3, unit_price=Decimal("0.10"))] * 3
+    # With floats this is 0.8999999999999999.
+    assert contract.order_total(items) == Decimal("0.90")
+
+
+def test_an_envelope_round_trips_through_bytes_with_headers() -> None:
+    original = envelope()
+    value, headers = contract.encode(original, "req-1")
+    assert contract.decode(value) == original
+    assert dict(headers) == {
+        "content-type": b"application/json",
+        "schema-version": b"1",
+        "request-id": b"req-1",
+    }
+    assert json.loads(value)["total"] == "0.30"  # money travels as a string, never a float
+
+
+def test_the_same_customer_and_key_always_give_the_same_order_id() -> None:
+    first = contract.order_id_for("c-1", "key-1")
+    assert first == contract.order_id_for("c-1", "key-1")
+    assert first != contract.order_id_for("c-2", "key-1")
+    assert first != contract.order_id_for("c-1", "key-2")
+    assert contract.order_id_for("c-1", None) != contract.order_id_for("c-1", None)
+
+
+def test_the_key_is_the_customer_id() -> None:
+    assert envelope(customer_id="ACME:7").key == b"ACME:7"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "tombstone"),
+        (b"not json", "value"),
+        (b"[]", "value"),
+        (b'{"schema_version": 2}', "schema_version"),
+    ],
+)
+def test_undecodable_records_are_poison(value: bytes | None, reason: str) -> None:
+    with pytest.raises(PoisonRecordError, match=reason):
+        contract.decode(value)
+
+
+def test_a_total_that_disagrees_with_the_items_is_poison() -> None:
+    value, _ = contract.encode(envelope(), "r")
+    tampered = json.loads(value)
+    tampered["total"] = "99.00"
+    with pytest.raises(PoisonRecordError, match="total"):
+        contract.decode(json.dumps(tampered).encode())
+
+
+def test_unknown_fields_are_poison() -> None:
+    value, _ = contract.encode(envelope(), "r")
+    extended = {**json.loads(value), "surprise": True}
+    with pytest.raises(PoisonRecordError, match="surprise"):
+        contract.decode(json.dumps(extended).encode())
