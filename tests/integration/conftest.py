@@ -95,3 +95,8 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(DatabaseSettings(url=database_url))  # type: ignore[arg-type]
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture
+def run_id() -> str:
+    return uuid.uuid4().hex[:8]

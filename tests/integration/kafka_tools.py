@@ -1,21 +1,11 @@
-"""Read what is really on a topic, and run a throwaway broker a test may stop and restart."""
+"""Read what is really on a topic."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import os
-import signal
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, TopicPartition
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
@@ -57,47 +47,3 @@ async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, b
     finally:
         await consumer.stop()
     return sorted(records, key=lambda r: (r.partition, r.offset))
-
-
-def _services_module():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("services", ROOT / "scripts" / "services.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["services"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-class ThrowawayBroker:
-    """A real single-node Kafka (same jars as `make up`) on its own ports, for fault tests."""
-
-    def __init__(self, home: Path, base_port: int) -> None:
-        self.services = _services_module()
-        self.home = home
-        self.base_port = base_port
-        self.bootstrap = f"127.0.0.1:{base_port}"
-
-    def start(self) -> None:
-        self.services.kafka_up(1, self.base_port, self.home)
-
-    def stop(self, *, kill: bool = False) -> None:
-        pid_file = self.services.kafka_node_home(self.home, 1) / "broker.pid"
-        if kill:
-            pid = self.services.pid_alive(pid_file)
-            if pid is not None:
-                os.kill(pid, signal.SIGKILL)
-                while self.services.pid_alive(pid_file):
-                    time.sleep(0.05)
-            pid_file.unlink(missing_ok=True)
-        else:
-            self.services.stop_pid(pid_file, "throwaway broker")
-
-
-@contextmanager
-def throwaway_broker(home: Path, base_port: int = 19192) -> Iterator[ThrowawayBroker]:
-    broker = ThrowawayBroker(home, base_port)
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop(kill=True)

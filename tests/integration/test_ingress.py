@@ -16,7 +16,8 @@ from app import contract
 from app.settings import Settings
 from tests.integration.api_client import api_client, order_body
 from tests.integration.conftest import make_settings
-from tests.integration.kafka_tools import end_offsets, read_topic, throwaway_broker
+from tests.integration.kafka_tools import end_offsets, read_topic
+from tests.integration.throwaway import throwaway_broker
 from tests.integration.services import Endpoints
 
 JSON = {"content-type": "application/json"}

@@ -1,0 +1,50 @@
+"""Clients that place orders the way the guarantees are stated: each customer sequentially."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+
+from app import contract
+from tests.integration.api_client import order_body
+from tests.integration.ledger import Expectations
+
+
+def customers_for(run: str, count: int) -> list[str]:
+    return [f"{run}-c{n:04d}" for n in range(count)]
+
+
+async def place_orders(
+    client: httpx.AsyncClient,
+    expected: Expectations,
+    customers: list[str],
+    per_customer: int,
+    *,
+    concurrency: int = 50,
+    retry_unavailable: bool = False,
+) -> None:
+    """Each customer sends its orders one after another (with an Idempotency-Key each)."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one_customer(customer: str) -> None:
+        for n in range(per_customer):
+            key = f"{customer}-{n}"
+            order_id = contract.order_id_for(customer, key)
+            while True:
+                async with gate:
+                    response = await client.post(
+                        "/orders", json=order_body(customer, n), headers={"Idempotency-Key": key}
+                    )
+                if response.status_code == 202:
+                    assert uuid.UUID(response.json()["order_id"]) == order_id
+                    expected.accept(customer, order_id)
+                    break
+                assert response.status_code == 503, response.text
+                if not retry_unavailable:
+                    expected.refused.add(order_id)
+                    break
+                await asyncio.sleep(0.2)
+
+    await asyncio.gather(*(one_customer(customer) for customer in customers))

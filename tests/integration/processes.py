@@ -1,0 +1,79 @@
+"""Run the real `orders` commands as separate processes, configured like an operator would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pydantic_settings import BaseSettings
+
+from app.settings import Settings
+
+ORDERS = str(Path(sys.executable).with_name("orders"))
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment variables that reproduce `settings` in a child process."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(_PREFIXES)}
+    for group in (settings.kafka, settings.database, settings.api, settings.worker):
+        assert isinstance(group, BaseSettings)
+        prefix = str(group.model_config.get("env_prefix", ""))
+        for name, value in group.model_dump(mode="json").items():
+            env[f"{prefix}{name}".upper()] = str(value)
+    env["LOG_LEVEL"] = settings.log_level
+    env.update(extra)
+    return env
+
+
+_PREFIXES = ("KAFKA_", "DATABASE_", "API_", "WORKER_", "ORDERS_FAULT")
+
+
+class OrdersProcess:
+    """One `orders <command>` child process, with its output kept in a log file."""
+
+    def __init__(self, command: str, settings: Settings, log_dir: Path, **env: str) -> None:
+        self.command = command
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{command}-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [ORDERS, command],
+            env=settings_env(settings, **env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 40.0) -> int:
+        """SIGTERM, then wait: the graceful path operators use."""
+        self.signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> int:
+        self.signal(signal.SIGKILL)
+        return self.wait(10)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            code = self.process.wait(timeout)
+        finally:
+            self._log.close()
+        return code
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")

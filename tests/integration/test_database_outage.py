@@ -1,0 +1,60 @@
+"""PostgreSQL goes away mid-stream: nothing advances while it is down, all catches up after."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from app.db.engine import create_engine
+from app.db.migrate import upgrade_database
+from app.settings import DatabaseSettings
+from app.topics import ensure_topics
+from tests.integration.api_client import api_client
+from tests.integration.conftest import make_settings
+from tests.integration.kafka_tools import end_offsets
+from tests.integration.ledger import Expectations, check_ledger, stored_positions, wait_until_stored
+from tests.integration.load import customers_for, place_orders
+from tests.integration.processes import OrdersProcess
+from tests.integration.services import Endpoints
+from tests.integration.throwaway import throwaway_postgres
+from tests.integration.worker_harness import committed_offsets
+
+
+async def test_a_database_outage_pauses_progress_and_everything_catches_up(
+    endpoints: Endpoints, run_id: str, tmp_path: Path
+) -> None:
+    with throwaway_postgres() as database:
+        settings = make_settings(endpoints, database.url, retry_backoff_max_s=1.0)
+        await asyncio.to_thread(upgrade_database, settings.database)
+        await ensure_topics(settings.kafka)
+        engine = create_engine(DatabaseSettings(url=database.url))  # type: ignore[arg-type]
+        worker = OrdersProcess("worker", settings, tmp_path)
+        expected = Expectations()
+        customers = customers_for(run_id, 20)
+        try:
+            async with api_client(settings) as client:
+                await place_orders(client, expected, customers, per_customer=20)
+                assert await wait_until_stored(engine, expected) == 400
+                await engine.dispose()
+
+                database.stop()
+                committed_before = await committed_offsets(settings)
+                # The API keeps accepting: Kafka holds the orders while the database is away.
+                await place_orders(client, expected, customers, per_customer=40)
+                assert expected.total == 20 * 40
+                await asyncio.sleep(3.0)  # several retry rounds of the worker
+                assert await committed_offsets(settings) == committed_before
+                assert worker.alive()
+
+                database.start()
+                assert await wait_until_stored(engine, expected, timeout=90) == 800
+        finally:
+            code = worker.stop()
+        assert code == 0
+        assert "retrying from its start" in worker.output()
+        report = await check_ledger(engine, expected)
+        assert report.holds, str(report)
+        ends = await end_offsets(settings.kafka.bootstrap_servers, settings.kafka.orders_topic)
+        group, topic = settings.worker.group_id, settings.kafka.orders_topic
+        assert await stored_positions(engine, group, topic) == ends
+        await engine.dispose()

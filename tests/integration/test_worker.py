@@ -1,0 +1,261 @@
+"""The worker group against the real broker and database: exactly-once effects, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import contract
+from app.db.tables import consumer_positions, orders
+from app.settings import Settings
+from app.worker import dead_letters
+from tests.integration.api_client import api_client
+from tests.integration.kafka_tools import end_offsets, read_topic
+from tests.integration.ledger import (
+    Expectations,
+    check_ledger,
+    stored_positions,
+    wait_until_stored,
+)
+from tests.integration.load import customers_for, place_orders
+from tests.integration.processes import OrdersProcess
+from tests.integration.worker_harness import committed_offsets, worker_running
+
+
+async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.25) -> bool:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(interval)
+    return bool(await predicate())
+
+
+async def test_5000_orders_for_100_customers_are_stored_once_each_in_order(
+    settings: Settings, engine: AsyncEngine, run_id: str, tmp_path: Path
+) -> None:
+    workers = [OrdersProcess("worker", settings, tmp_path) for _ in range(2)]
+    expected = Expectations()
+    try:
+        async with api_client(settings) as client:
+            await place_orders(client, expected, customers_for(run_id, 100), per_customer=50)
+        assert expected.total == 5000
+        assert await wait_until_stored(engine, expected) == 5000
+    finally:
+        codes = [worker.stop() for worker in workers]
+    assert codes == [0, 0], [w.output()[-2000:] for w in workers]
+
+    report = await check_ledger(engine, expected)
+    assert report.holds, str(report)
+    ends = await end_offsets(settings.kafka.bootstrap_servers, settings.kafka.orders_topic)
+    positions = await stored_positions(engine, settings.worker.group_id, settings.kafka.orders_topic)
+    assert positions == ends
+    assert await committed_offsets(settings) == ends
+
+
+async def test_redelivered_records_change_nothing(
+    settings: Settings, engine: AsyncEngine, run_id: str
+) -> None:
+    expected = Expectations()
+    async with api_client(settings) as client:
+        await place_orders(client, expected, customers_for(run_id, 10), per_customer=30)
+    async with worker_running(settings, engine) as first:
+        assert await wait_until_stored(engine, expected) == 300
+    assert first.stats.inserted == 300
+
+    async def snapshot() -> list[tuple[object, ...]]:
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                select(orders.c.order_id, orders.c.sequence, orders.c.processed_at)
+                .where(orders.c.customer_id.in_(list(expected.accepted)))
+                .order_by(orders.c.order_id)
+            )
+            return [tuple(row) for row in rows]
+
+    before = await snapshot()
+    # Seek back: rewind the stored positions to the start, so the group replays everything.
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(consumer_positions)
+            .where(consumer_positions.c.group_id == settings.worker.group_id)
+            .values(next_offset=0)
+        )
+    async with worker_running(settings, engine) as replay:
+        assert await wait_for(lambda: _async(replay.stats.records >= 300))
+    assert replay.stats.inserted == 0
+    # A member of another group replays the same records into the same database.
+    other = settings.model_copy(
+        update={"worker": settings.worker.model_copy(update={"group_id": f"other-{run_id}"})}
+    )
+    async with worker_running(other, engine) as stranger:
+        assert await wait_for(lambda: _async(stranger.stats.records >= 300))
+    assert stranger.stats.inserted == 0
+    assert await snapshot() == before
+    assert (await check_ledger(engine, expected)).holds
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_workers_joining_and_leaving_mid_stream_keep_the_ledger(
+    settings: Settings, engine: AsyncEngine, run_id: str, tmp_path: Path
+) -> None:
+    expected = Expectations()
+    first = OrdersProcess("worker", settings, tmp_path)
+    joined: list[OrdersProcess] = []
+    try:
+        async with api_client(settings) as client:
+            load = asyncio.create_task(
+                place_orders(
+                    client, expected, customers_for(run_id, 60), per_customer=40, concurrency=20
+                )
+            )
+            await asyncio.sleep(1.0)
+            joined = [OrdersProcess("worker", settings, tmp_path) for _ in range(2)]
+            await asyncio.sleep(4.0)
+            assert [worker.stop() for worker in joined] == [0, 0]
+            await load
+        assert await wait_until_stored(engine, expected) == expected.total == 2400
+    finally:
+        assert first.stop() == 0
+        for worker in joined:
+            if worker.alive():
+                worker.kill()
+    assert "partitions revoked" in first.output()  # the group really rebalanced
+    assert any("partitions assigned" in worker.output() for worker in joined)
+    report = await check_ledger(engine, expected)
+    assert report.holds, str(report)
+
+
+def _envelope_bytes(customer: str, n: int) -> bytes:
+    items = (contract.OrderLine(sku="p", quantity=1, unit_price=Decimal(n)),)
+    envelope = contract.OrderEnvelope(
+        order_id=contract.order_id_for(customer, f"direct-{n}"),
+        customer_id=customer,
+        items=items,
+        total=contract.order_total(items),
+        currency="USD",
+        accepted_at=datetime.now(UTC),
+    )
+    return contract.encode(envelope, "direct")[0]
+
+
+async def test_poison_records_go_to_the_dead_letter_topic_and_the_rest_flows(
+    settings: Settings, engine: AsyncEngine, run_id: str
+) -> None:
+    customer = f"{run_id}-poisoned"
+    poison = {
+        b"not json at all": "PoisonRecordError",
+        json.dumps({"schema_version": 99, "order_id": str(uuid.uuid4())}).encode(): "schema_version",
+        b'{"schema_version": 1}': "order_id",
+    }
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap_servers, enable_idempotence=True
+    )
+    await producer.start()
+    expected = Expectations()
+    try:
+        for n in range(10):  # one key, one partition: poison sits between good orders
+            await producer.send_and_wait(
+                settings.kafka.orders_topic, _envelope_bytes(customer, n), key=customer.encode()
+            )
+            expected.accept(customer, contract.order_id_for(customer, f"direct-{n}"))
+            if n in (2, 5, 8):
+                value = list(poison)[(n - 2) // 3]
+                await producer.send_and_wait(
+                    settings.kafka.orders_topic, value, key=customer.encode(),
+                    headers=[("request-id", b"bad")],
+                )
+    finally:
+        await producer.stop()
+
+    async with worker_running(settings, engine) as worker:
+        assert await wait_until_stored(engine, expected) == 10
+        assert await wait_for(lambda: _async(worker.stats.dead_lettered == 3))
+    assert (await check_ledger(engine, expected)).holds
+
+    dead = await read_topic(settings.kafka.bootstrap_servers, settings.kafka.dlq_topic)
+    assert [record.value for record in dead] == list(poison)
+    source = await read_topic(settings.kafka.bootstrap_servers, settings.kafka.orders_topic)
+    poison_offsets = [r.offset for r in source if r.value in poison]
+    for record, offset, value in zip(dead, poison_offsets, poison, strict=True):
+        headers = {key: raw.decode() for key, raw in record.headers}
+        assert headers[dead_letters.H_TOPIC] == settings.kafka.orders_topic
+        assert headers[dead_letters.H_PARTITION] == str(source[0].partition)
+        assert headers[dead_letters.H_OFFSET] == str(offset)
+        assert headers[dead_letters.H_ERROR_CLASS] == "PoisonRecordError"
+        assert poison[value] in headers[dead_letters.H_ERROR_MESSAGE] + headers[
+            dead_letters.H_ERROR_CLASS
+        ]
+        assert headers[dead_letters.H_WORKER] == worker.name
+        assert datetime.fromisoformat(headers[dead_letters.H_FAILED_AT]).tzinfo is not None
+        assert headers["request-id"] == "bad"  # the original headers travel along
+    ends = await end_offsets(settings.kafka.bootstrap_servers, settings.kafka.orders_topic)
+    assert await stored_positions(engine, settings.worker.group_id, settings.kafka.orders_topic) == {
+        p: o for p, o in ends.items() if o > 0
+    }
+
+
+async def test_sigterm_during_a_batch_exits_0_and_nothing_is_lost_or_doubled(
+    settings: Settings, engine: AsyncEngine, run_id: str, tmp_path: Path
+) -> None:
+    expected = Expectations()
+    worker = OrdersProcess("worker", settings, tmp_path)
+    async with api_client(settings) as client:
+        load = asyncio.create_task(
+            place_orders(client, expected, customers_for(run_id, 40), per_customer=50)
+        )
+        await asyncio.sleep(2.0)  # orders are flowing and batches are in flight
+        worker.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(worker.wait, settings.worker.shutdown_timeout_s + 5)
+        assert code == 0, worker.output()[-3000:]
+        assert "finishing the batch in flight" in worker.output()
+        assert "LeaveGroup request succeeded" in worker.output()
+        await load
+    restarted = OrdersProcess("worker", settings, tmp_path)
+    try:
+        assert await wait_until_stored(engine, expected) == expected.total == 2000
+    finally:
+        assert restarted.stop() == 0
+    report = await check_ledger(engine, expected)
+    assert report.holds, str(report)
+
+
+async def test_processed_orders_are_served_by_the_api(
+    settings: Settings, engine: AsyncEngine, run_id: str
+) -> None:
+    expected = Expectations()
+    customer = customers_for(run_id, 1)[0]
+    async with api_client(settings) as client:
+        await place_orders(client, expected, [customer], per_customer=7)
+        first = expected.accepted[customer][0]
+        async with worker_running(settings, engine):
+            assert await wait_until_stored(engine, expected) == 7
+        stored = await client.get(f"/orders/{first}")
+        assert stored.status_code == 200
+        assert stored.json()["sequence"] == 1
+        assert stored.json()["status"] == "processed"
+        unknown = await client.get(f"/orders/{uuid.uuid4()}")
+        assert unknown.status_code == 404
+
+        seen: list[str] = []
+        cursor: str | None = None
+        while True:
+            params = {"limit": 3} | ({"after": cursor} if cursor else {})
+            page = (await client.get(f"/customers/{customer}/orders", params=params)).json()
+            seen += [item["order_id"] for item in page["items"]]
+            cursor = page["next"]
+            if cursor is None:
+                break
+    assert seen == [str(order_id) for order_id in expected.accepted[customer]]
