@@ -22,9 +22,16 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
 
     host = args.host or settings.api.host
     port = args.port or settings.api.port
-    print(f"orders API on http://{host}:{port}  (OpenAPI docs: http://{host}:{port}/docs)", flush=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
-                access_log=args.access_log)
+    print(
+        f"orders API on http://{host}:{port}  (OpenAPI docs: http://{host}:{port}/docs)", flush=True
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        access_log=args.access_log,
+    )
     return 0
 
 

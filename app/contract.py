@@ -10,14 +10,14 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_extra_types.currency_code import ISO4217
 
 from app.errors import PoisonRecordError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 CONTENT_TYPE = "application/json"
 
 HEADER_CONTENT_TYPE = "content-type"

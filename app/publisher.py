@@ -73,13 +73,14 @@ class OrderPublisher:
         self._deadline = ack_deadline_s
         self._producer: AIOKafkaProducer | None = None
         self._broken = asyncio.Event()
+        self._connected = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Try to connect now; if the broker is down, keep trying in the background."""
         self._supervisor = asyncio.create_task(self._supervise(), name="producer-supervisor")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wait_started(), self._deadline)
+            await asyncio.wait_for(self._connected.wait(), self._deadline)
 
     async def stop(self) -> None:
         if self._supervisor is not None:
@@ -122,7 +123,7 @@ class OrderPublisher:
             msg = f"no acknowledgement from Kafka within {self._deadline:.1f}s"
             raise BrokerUnavailableError(msg) from exc
         except FATAL_PRODUCER_ERRORS as exc:
-            log.error("fatal producer error, replacing the producer: %r", exc)
+            log.exception("fatal producer error, replacing the producer")
             self._broken.set()
             msg = f"Kafka producer failed: {type(exc).__name__}"
             raise BrokerUnavailableError(msg) from exc
@@ -138,15 +139,12 @@ class OrderPublisher:
         task = getattr(sender, "sender_task", None)
         return task is not None and not task.done()
 
-    async def _wait_started(self) -> None:
-        while not self.started:
-            await asyncio.sleep(0.05)
-
     async def _supervise(self) -> None:
         backoff = 0.2
         while True:
             if self._producer is not None and (self._broken.is_set() or not self._sender_alive()):
                 old, self._producer = self._producer, None
+                self._connected.clear()
                 await close_producer(old, self._deadline)
             if self._producer is None:
                 producer = build_producer(self._settings)
@@ -154,13 +152,16 @@ class OrderPublisher:
                     # start() waits for a producer id, forever if no broker answers: bound it.
                     await asyncio.wait_for(producer.start(), self._deadline)
                 except (TimeoutError, KafkaError, OSError) as exc:
-                    log.warning("Kafka producer could not start (%r); retrying in %.1fs", exc, backoff)
+                    log.warning(
+                        "Kafka producer could not start (%r); retrying in %.1fs", exc, backoff
+                    )
                     await close_producer(producer, 1.0)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
                 self._producer, backoff = producer, 0.2
                 self._broken.clear()
+                self._connected.set()
                 log.info("Kafka producer connected to %s", self._settings.bootstrap_servers)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._broken.wait(), 1.0)

@@ -102,7 +102,9 @@ class WorkerSettings(BaseSettings):
             msg = "WORKER_MAX_POLL_INTERVAL_MS must be at least WORKER_REBALANCE_TIMEOUT_MS"
             raise ValueError(msg)
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
-            msg = "WORKER_HEARTBEAT_INTERVAL_MS must be at most a third of WORKER_SESSION_TIMEOUT_MS"
+            msg = (
+                "WORKER_HEARTBEAT_INTERVAL_MS must be at most a third of WORKER_SESSION_TIMEOUT_MS"
+            )
             raise ValueError(msg)
         return self
 

@@ -112,7 +112,9 @@ def require_port_free(port: int, owner: str) -> None:
 def java() -> str:
     found = shutil.which("java")
     if not found:
-        raise ServiceError("Java is missing: the Kafka broker needs Java 17+ (apt-get install openjdk-17-jre-headless)")
+        raise ServiceError(
+            "Java is missing: the Kafka broker needs Java 17+ (make deps installs it)"
+        )
     return found
 
 
@@ -124,12 +126,22 @@ def kafka_classpath() -> str:
     if not (stamp.exists() and stamp.read_text() == wanted and any(libs.glob("kafka_*.jar"))):
         mvn = shutil.which("mvn")
         if not mvn:
-            raise ServiceError("Maven is missing: it fetches the Kafka jars (apt-get install maven)")
+            raise ServiceError(
+                "Maven is missing: it fetches the Kafka jars (apt-get install maven)"
+            )
         say("resolving the Kafka broker jars from Maven Central (once)")
         shutil.rmtree(libs, ignore_errors=True)
         subprocess.run(
-            [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
-             f"-DoutputDirectory={libs}"],
+            [
+                mvn,
+                "-q",
+                "-B",
+                "-Dstyle.color=never",
+                "-f",
+                str(KAFKA_POM),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={libs}",
+            ],
             check=True,
         )
         stamp.write_text(wanted)
@@ -147,30 +159,32 @@ def kafka_properties(node: int, brokers: int, base: int, data: Path) -> str:
     voters = ",".join(f"{n}@127.0.0.1:{kafka_ports(n, base)[1]}" for n in range(1, brokers + 1))
     replication = min(brokers, 3)
     min_isr = 2 if brokers >= 3 else 1
-    return "\n".join([
-        "process.roles=broker,controller",
-        f"node.id={node}",
-        f"controller.quorum.voters={voters}",
-        f"listeners=PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}",
-        "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        f"log.dirs={data}",
-        # The project creates its own topics (app/topics.py); a typo must not invent a topic.
-        "auto.create.topics.enable=false",
-        "unclean.leader.election.enable=false",
-        f"offsets.topic.replication.factor={replication}",
-        f"transaction.state.log.replication.factor={replication}",
-        f"transaction.state.log.min.isr={min_isr}",
-        f"default.replication.factor={replication}",
-        f"min.insync.replicas={min_isr}",
-        # Local runs: no 3 s wait before the first rebalance; fewer threads on a 2-core machine.
-        "group.initial.rebalance.delay.ms=0",
-        "num.network.threads=2",
-        "num.io.threads=4",
-        "",
-    ])
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            f"node.id={node}",
+            f"controller.quorum.voters={voters}",
+            f"listeners=PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={data}",
+            # The project creates its own topics (app/topics.py); a typo must not invent a topic.
+            "auto.create.topics.enable=false",
+            "unclean.leader.election.enable=false",
+            f"offsets.topic.replication.factor={replication}",
+            f"transaction.state.log.replication.factor={replication}",
+            f"transaction.state.log.min.isr={min_isr}",
+            f"default.replication.factor={replication}",
+            f"min.insync.replicas={min_isr}",
+            # Local runs: no 3 s wait before the first rebalance; fewer threads on a 2-core machine.
+            "group.initial.rebalance.delay.ms=0",
+            "num.network.threads=2",
+            "num.io.threads=4",
+            "",
+        ]
+    )
 
 
 def kafka_node_home(cluster: Path, node: int) -> Path:
@@ -203,17 +217,37 @@ def kafka_up(brokers: int, base: int, cluster: Path | None = None) -> str:
         if not (data / "meta.properties").exists():
             say(f"formatting storage of Kafka node {node}")
             subprocess.run(
-                [java_bin, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                 "-t", cluster_id, "-c", str(config), "--ignore-formatted"],
-                check=True, stdout=subprocess.DEVNULL,
+                [
+                    java_bin,
+                    "-cp",
+                    classpath,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(config),
+                    "--ignore-formatted",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
             )
         log = home / "broker.log"
         with log.open("ab") as out:
             process = subprocess.Popen(
-                [java_bin, *KAFKA_HEAP.split(), "-XX:+UseG1GC",
-                 f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
-                 "-cp", classpath, "kafka.Kafka", str(config)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    java_bin,
+                    *KAFKA_HEAP.split(),
+                    "-XX:+UseG1GC",
+                    f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
+                    "-cp",
+                    classpath,
+                    "kafka.Kafka",
+                    str(config),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         pid_file.write_text(str(process.pid))
@@ -222,8 +256,12 @@ def kafka_up(brokers: int, base: int, cluster: Path | None = None) -> str:
     for node in range(1, brokers + 1):
         broker_port, _ = kafka_ports(node, base)
         log = kafka_node_home(cluster, node) / "broker.log"
-        wait_until(lambda p=broker_port: kafka_answers(java_bin, classpath, p),
-                   f"Kafka node {node}", 120, log)
+        wait_until(
+            lambda p=broker_port: kafka_answers(java_bin, classpath, p),
+            f"Kafka node {node}",
+            120,
+            log,
+        )
     say(f"Kafka ready at {bootstrap}")
     return bootstrap
 
@@ -233,9 +271,18 @@ def kafka_answers(java_bin: str, classpath: str, port: int) -> bool:
     if not reachable("127.0.0.1", port):
         return False
     result = subprocess.run(
-        [java_bin, "-cp", classpath, "org.apache.kafka.tools.TopicCommand",
-         "--bootstrap-server", f"127.0.0.1:{port}", "--list"],
-        capture_output=True, timeout=60, check=False,
+        [
+            java_bin,
+            "-cp",
+            classpath,
+            "org.apache.kafka.tools.TopicCommand",
+            "--bootstrap-server",
+            f"127.0.0.1:{port}",
+            "--list",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
     )
     return result.returncode == 0
 
@@ -249,8 +296,10 @@ def kafka_down(root: Path | None = None) -> None:
 
 
 def pg_bin(tool: str) -> str:
-    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{tool}"),
-                        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{tool}"),
+        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+    )
     if candidates:
         return str(candidates[-1])
     found = shutil.which(tool)
@@ -285,8 +334,10 @@ def postgres_up(port: int, home: Path | None = None) -> str:
         shutil.chown(sockets, "postgres")
         probe = subprocess.run([*runner, "test", "-w", str(home)], check=False)
         if probe.returncode != 0:
-            raise ServiceError(f"the postgres user cannot reach {home}; set ORDERS_STATE_DIR to a "
-                               "folder every user can traverse")
+            raise ServiceError(
+                f"the postgres user cannot reach {home}; set ORDERS_STATE_DIR to a "
+                "folder every user can traverse"
+            )
     if not (data / "PG_VERSION").exists():
         say("initialising a PostgreSQL cluster")
         password_file = home / "pwfile"
@@ -294,31 +345,77 @@ def postgres_up(port: int, home: Path | None = None) -> str:
         if runner:
             shutil.chown(password_file, "postgres")
         subprocess.run(
-            [*runner, pg_bin("initdb"), "-D", str(data), "-U", PG_USER, f"--pwfile={password_file}",
-             "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync"],
-            check=True, stdout=subprocess.DEVNULL,
+            [
+                *runner,
+                pg_bin("initdb"),
+                "-D",
+                str(data),
+                "-U",
+                PG_USER,
+                f"--pwfile={password_file}",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         password_file.unlink()
-    status = subprocess.run([*runner, pg_bin("pg_ctl"), "-D", str(data), "status"],
-                            capture_output=True, check=False)
+    status = subprocess.run(
+        [*runner, pg_bin("pg_ctl"), "-D", str(data), "status"], capture_output=True, check=False
+    )
     if status.returncode != 0:
         require_port_free(port, "PostgreSQL")
-        options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} "
-                   "-c max_connections=200 -c shared_buffers=256MB")
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} "
+            "-c max_connections=200 -c shared_buffers=256MB"
+        )
         subprocess.run(
-            [*runner, pg_bin("pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
-             "-w", "-t", "60", "start"],
-            check=True, stdout=subprocess.DEVNULL,
+            [
+                *runner,
+                pg_bin("pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
     env = {**os.environ, "PGPASSWORD": PG_PASSWORD}
     exists = subprocess.run(
-        [pg_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "-d", "postgres",
-         "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'"],
-        capture_output=True, text=True, env=env, check=True,
+        [
+            pg_bin("psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            PG_USER,
+            "-d",
+            "postgres",
+            "-tAc",
+            f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     )
     if exists.stdout.strip() != "1":
-        subprocess.run([pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER,
-                        PG_DATABASE], env=env, check=True)
+        subprocess.run(
+            [pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, PG_DATABASE],
+            env=env,
+            check=True,
+        )
     say(f"PostgreSQL ready at 127.0.0.1:{port} (log: {log})")
     return url
 
@@ -328,12 +425,16 @@ def postgres_down(home: Path | None = None) -> None:
     if not (data / "PG_VERSION").exists():
         return
     runner = as_pg_user()
-    status = subprocess.run([*runner, pg_bin("pg_ctl"), "-D", str(data), "status"],
-                            capture_output=True, check=False)
+    status = subprocess.run(
+        [*runner, pg_bin("pg_ctl"), "-D", str(data), "status"], capture_output=True, check=False
+    )
     if status.returncode == 0:
         say("stopping PostgreSQL")
-        subprocess.run([*runner, pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*runner, pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
 
 
 # --- the commands ------------------------------------------------------------------------------
@@ -381,17 +482,27 @@ def status() -> None:
         say(f"kafka {pid_file.parent.parent.name}/{pid_file.parent.name}: {state}")
     data = STATE / "postgres" / "data"
     if (data / "PG_VERSION").exists():
-        result = subprocess.run([*as_pg_user(), pg_bin("pg_ctl"), "-D", str(data), "status"],
-                                capture_output=True, check=False)
+        result = subprocess.run(
+            [*as_pg_user(), pg_bin("pg_ctl"), "-D", str(data), "status"],
+            capture_output=True,
+            check=False,
+        )
         say(f"postgres: {'running' if result.returncode == 0 else 'stopped'}")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     start = commands.add_parser("up", help="start Kafka and PostgreSQL (idempotent)")
-    start.add_argument("--brokers", type=int, default=int(os.environ.get("KAFKA_BROKERS", "1")),
-                       choices=(1, 3), help="1 (default) or 3 brokers on loopback")
+    start.add_argument(
+        "--brokers",
+        type=int,
+        default=int(os.environ.get("KAFKA_BROKERS", "1")),
+        choices=(1, 3),
+        help="1 (default) or 3 brokers on loopback",
+    )
     commands.add_parser("down", help="stop them (fine when nothing runs)")
     commands.add_parser("status", help="what is running")
     args = parser.parse_args()
@@ -406,8 +517,10 @@ def main() -> int:
         print(f"[services] error: {exc}", file=sys.stderr)
         return 1
     except subprocess.CalledProcessError as exc:
-        print(f"[services] error: {' '.join(map(str, exc.cmd))} failed ({exc.returncode})",
-              file=sys.stderr)
+        print(
+            f"[services] error: {' '.join(map(str, exc.cmd))} failed ({exc.returncode})",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

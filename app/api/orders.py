@@ -84,6 +84,4 @@ async def get_order(order_id: uuid.UUID, connection: ConnectionDep) -> StoredOrd
     row = await queries.find_order(connection, order_id)
     if row is None:
         raise HTTPException(404, "Order not found (unknown, or not processed yet)")
-    return StoredOrder(
-        **row, partition=row["kafka_partition"], offset=row["kafka_offset"]
-    )
+    return StoredOrder(**row, partition=row["kafka_partition"], offset=row["kafka_offset"])

@@ -40,7 +40,9 @@ class ValidatedOrder(BaseModel):
 class StoredOrder(BaseModel):
     order_id: uuid.UUID
     customer_id: str
-    sequence: int = Field(description="1, 2, 3, ... in the order this customer's orders were processed")
+    sequence: int = Field(
+        description="1, 2, 3, ... in the order this customer's orders were processed"
+    )
     status: Literal["processed"] = "processed"
     items: list[OrderLine]
     total: Decimal

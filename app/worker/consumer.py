@@ -25,6 +25,7 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
@@ -41,8 +42,8 @@ from app.worker.ledger import IncomingOrder, PartitionSpan, read_positions, reco
 
 log = logging.getLogger(__name__)
 
-Record = ConsumerRecord[bytes, bytes]
-Batch = dict[TopicPartition, list[Record]]
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+Batch: TypeAlias = dict[TopicPartition, list[Record]]
 
 # Failures that say "try the same batch again later", never "skip it".
 TRANSIENT_ERRORS = (SQLAlchemyError, DBAPIError, OSError, TimeoutError, KafkaError)
@@ -86,7 +87,9 @@ class OrderWorker:
         return self._stopping.is_set()
 
     def _build_dead_letters(self) -> DeadLetterPublisher:
-        return DeadLetterPublisher(self.settings.kafka, self.name, self.settings.worker.commit_timeout_s)
+        return DeadLetterPublisher(
+            self.settings.kafka, self.name, self.settings.worker.commit_timeout_s
+        )
 
     def _build_consumer(self) -> AIOKafkaConsumer:
         kafka, worker = self.settings.kafka, self.settings.worker

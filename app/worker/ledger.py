@@ -94,12 +94,15 @@ _INSERT_ORDERS = text(
                row_number() OVER per_customer AS n,
                count(*) OVER (PARTITION BY f.customer_id) AS batch_count
         FROM fresh AS f
-        WINDOW per_customer AS (PARTITION BY f.customer_id ORDER BY f.kafka_partition, f.kafka_offset)
+        WINDOW per_customer AS (
+            PARTITION BY f.customer_id ORDER BY f.kafka_partition, f.kafka_offset
+        )
     ),
     bumped AS (
         INSERT INTO customer_sequences AS s (customer_id, last_sequence)
         SELECT customer_id, count(*) FROM fresh GROUP BY customer_id ORDER BY customer_id
-        ON CONFLICT (customer_id) DO UPDATE SET last_sequence = s.last_sequence + EXCLUDED.last_sequence
+        ON CONFLICT (customer_id)
+            DO UPDATE SET last_sequence = s.last_sequence + EXCLUDED.last_sequence
         RETURNING s.customer_id, s.last_sequence
     )
     INSERT INTO orders (order_id, customer_id, sequence, items, total, currency, accepted_at,

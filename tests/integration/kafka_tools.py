@@ -47,3 +47,8 @@ async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, b
     finally:
         await consumer.stop()
     return sorted(records, key=lambda r: (r.partition, r.offset))
+
+
+def non_empty(ends: dict[int, int]) -> dict[int, int]:
+    """End offsets of the partitions that hold records (a group stores no position for others)."""
+    return {partition: offset for partition, offset in ends.items() if offset > 0}

@@ -76,4 +76,6 @@ def real_services() -> Iterator[Endpoints]:
     with ExitStack() as stack:
         broker = stack.enter_context(KafkaContainer("apache/kafka:4.1.1").with_kraft())
         server = stack.enter_context(PostgresContainer("postgres:17", driver="asyncpg"))
-        yield Endpoints(broker.get_bootstrap_server(), server.get_connection_url(), "testcontainers")
+        yield Endpoints(
+            broker.get_bootstrap_server(), server.get_connection_url(), "testcontainers"
+        )

@@ -11,7 +11,7 @@ from app.settings import DatabaseSettings
 from app.topics import ensure_topics
 from tests.integration.api_client import api_client
 from tests.integration.conftest import make_settings
-from tests.integration.kafka_tools import end_offsets
+from tests.integration.kafka_tools import end_offsets, non_empty
 from tests.integration.ledger import Expectations, check_ledger, stored_positions, wait_until_stored
 from tests.integration.load import customers_for, place_orders
 from tests.integration.processes import OrdersProcess
@@ -56,5 +56,5 @@ async def test_a_database_outage_pauses_progress_and_everything_catches_up(
         assert report.holds, str(report)
         ends = await end_offsets(settings.kafka.bootstrap_servers, settings.kafka.orders_topic)
         group, topic = settings.worker.group_id, settings.kafka.orders_topic
-        assert await stored_positions(engine, group, topic) == ends
+        assert await stored_positions(engine, group, topic) == non_empty(ends)
         await engine.dispose()

@@ -10,15 +10,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from app import contract
 from app.settings import Settings
 from tests.integration.api_client import api_client, order_body
 from tests.integration.conftest import make_settings
 from tests.integration.kafka_tools import end_offsets, read_topic
-from tests.integration.throwaway import throwaway_broker
 from tests.integration.services import Endpoints
+from tests.integration.throwaway import throwaway_broker
 
 JSON = {"content-type": "application/json"}
 
@@ -29,7 +27,9 @@ BAD_REQUESTS: list[tuple[str, dict[str, str], bytes, int]] = [
     (
         "zero quantity",
         JSON,
-        json.dumps(order_body("c", items=[{"sku": "a", "quantity": 0, "unit_price": "1"}])).encode(),
+        json.dumps(
+            order_body("c", items=[{"sku": "a", "quantity": 0, "unit_price": "1"}])
+        ).encode(),
         422,
     ),
     (
@@ -147,9 +147,7 @@ async def test_openapi_documents_every_response_code(settings: Settings) -> None
         spec = (await client.get("/openapi.json")).json()
         docs = await client.get("/docs")
     assert docs.status_code == 200
-    assert set(spec["paths"]["/orders"]["post"]["responses"]) == {
-        "202", "413", "415", "422", "503"
-    }
+    assert set(spec["paths"]["/orders"]["post"]["responses"]) == {"202", "413", "415", "422", "503"}
     assert {"200", "404", "503"} <= set(spec["paths"]["/orders/{order_id}"]["get"]["responses"])
 
 
@@ -190,5 +188,6 @@ async def test_broker_down_gives_503_in_time_and_recovers_without_restart(
                 if status == 202:
                     break
                 await asyncio.sleep(0.5)
-            assert recovered is not None and recovered.status_code == 202
+            assert recovered is not None
+            assert recovered.status_code == 202
             assert (await client.get("/readyz")).json()["checks"]["kafka"] is True

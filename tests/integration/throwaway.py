@@ -24,7 +24,8 @@ STATE = Path(os.environ.get("ORDERS_STATE_DIR", ROOT / ".state"))
 
 def _services_module() -> ModuleType:
     spec = importlib.util.spec_from_file_location("services", ROOT / "scripts" / "services.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["services"] = module
     spec.loader.exec_module(module)
@@ -80,9 +81,18 @@ class ThrowawayPostgres:
         """An immediate shutdown: connections drop as if the server had crashed."""
         data = self.home / "data"
         subprocess.run(
-            [*self.services.as_pg_user(), self.services.pg_bin("pg_ctl"), "-D", str(data),
-             "-m", "immediate", "-w", "stop"],
-            check=True, capture_output=True,
+            [
+                *self.services.as_pg_user(),
+                self.services.pg_bin("pg_ctl"),
+                "-D",
+                str(data),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+            check=True,
+            capture_output=True,
         )
 
     def remove(self) -> None:

@@ -1,0 +1,483 @@
+"""The container files agree with the code, checked without a Docker engine.
+
+compose.yaml, compose.cluster.yaml and docker/Dockerfile are parsed here and held against the
+Compose Specification's JSON schema (vendored by check-jsonschema), `app.settings` (every
+variable the app is given is a real setting) and `app.cli` (every command is a real `orders`
+subcommand). scripts/lint-docker.sh adds hadolint and Compose's own parser.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import tomllib
+from collections.abc import Iterator
+from importlib.resources import files
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from dotenv import dotenv_values
+from jsonschema.validators import validator_for
+from packaging.specifiers import SpecifierSet
+from pydantic_settings import BaseSettings
+
+from app.cli import build_parser
+from app.db import migrate
+from app.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+SINGLE = ("compose.yaml",)
+CLUSTER = ("compose.yaml", "compose.cluster.yaml")
+STACKS = pytest.mark.parametrize("stack", [SINGLE, CLUSTER], ids=["single", "cluster"])
+APP_SERVICES = ("migrate", "api", "worker")  # each runs the `orders` subcommand of its name
+POSTGRES_PORT = 5432  # the postgres image's default, unless PGPORT says otherwise
+
+
+# --- reading the files the way Compose and Docker do ---
+
+
+def load_yaml(name: str) -> dict[str, Any]:
+    document = yaml.safe_load((ROOT / name).read_text())
+    assert isinstance(document, dict), name
+    return document
+
+
+def merge(base: Any, override: Any) -> Any:
+    """Compose's merge as these files use it: mappings merge key by key, anything else is
+    replaced. (scripts/lint-docker.sh checks the real merge with `compose config`.)"""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = merge(base[key], value) if key in base else value
+        return merged
+    return override
+
+
+def env_example() -> dict[str, str]:
+    values = dotenv_values(ROOT / ".env.example")
+    return {key: value or "" for key, value in values.items()}
+
+
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_]\w*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_]\w*)")
+
+
+def interpolate(node: Any, variables: dict[str, str]) -> Any:
+    """Compose's ${VAR}, ${VAR:-default}, ${VAR:?error} and $$, over a whole document."""
+    if isinstance(node, dict):
+        return {key: interpolate(value, variables) for key, value in node.items()}
+    if isinstance(node, list):
+        return [interpolate(value, variables) for value in node]
+    if not isinstance(node, str):
+        return node
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1) or match.group(4)
+        operator, argument = match.group(2) or "", match.group(3) or ""
+        value = variables.get(name)
+        missing = value is None or (operator.startswith(":") and value == "")
+        if missing and operator.endswith("?"):
+            msg = f"required variable {name} is missing a value: {argument}"
+            raise KeyError(msg)
+        if missing and operator.endswith("-"):
+            return argument
+        return value or ""
+
+    return _VARIABLE.sub(substitute, node)
+
+
+def stack_files(stack: tuple[str, ...]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for name in stack:
+        merged = merge(merged, load_yaml(name))
+    return merged
+
+
+def resolved(stack: tuple[str, ...]) -> dict[str, Any]:
+    """The stack as `docker compose up` sees it after `cp .env.example .env`."""
+    services: dict[str, Any] = interpolate(stack_files(stack), env_example())["services"]
+    return services
+
+
+def environment_of(service: dict[str, Any]) -> dict[str, str]:
+    environment = service.get("environment", {})
+    if isinstance(environment, list):
+        environment = dict(item.split("=", 1) for item in environment)
+    return {
+        key: str(value).lower() if isinstance(value, bool) else str(value)
+        for key, value in environment.items()
+    }
+
+
+def container_env(service: dict[str, Any]) -> dict[str, str]:
+    """What the app process sees: the env_file (.env, from .env.example), then `environment`."""
+    assert service.get("env_file") in (".env", [".env"]), "the app reads the operator's .env"
+    return env_example() | environment_of(service)
+
+
+def settings_variables() -> set[str]:
+    """Every environment variable app.settings reads, derived from its classes."""
+    names = set()
+    for name, field in Settings.model_fields.items():
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, BaseSettings):
+            prefix = group.model_config.get("env_prefix") or ""
+            names |= {f"{prefix}{member}".upper() for member in group.model_fields}
+        else:
+            names.add(name.upper())
+    return names
+
+
+def brokers(services: dict[str, Any]) -> dict[str, dict[str, str]]:
+    return {
+        name: environment_of(service)
+        for name, service in services.items()
+        if str(service.get("image", "")).startswith("apache/kafka:")
+    }
+
+
+def listener_ports(broker_env: dict[str, str], *, controller: bool) -> set[int]:
+    controllers = set(broker_env["KAFKA_CONTROLLER_LISTENER_NAMES"].split(","))
+    ports = set()
+    for listener in broker_env["KAFKA_LISTENERS"].split(","):
+        name, _, address = listener.partition("://")
+        if (name in controllers) == controller:
+            ports.add(int(address.rpartition(":")[2]))
+    return ports
+
+
+def seconds(duration: str) -> float:
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(us|ms|h|m|s)", duration)
+    assert "".join(number + unit for number, unit in parts) == duration, duration
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined and comments dropped."""
+    instructions, pending = [], ""
+    for line in DOCKERFILE.read_text().splitlines():
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if text.endswith("\\"):
+            pending += text[:-1] + " "
+            continue
+        keyword, _, arguments = (pending + text).partition(" ")
+        instructions.append((keyword.upper(), arguments.strip()))
+        pending = ""
+    return instructions
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    result: list[list[tuple[str, str]]] = []
+    for instruction in dockerfile():
+        if instruction[0] == "FROM":
+            result.append([])
+        result[-1].append(instruction)
+    return result
+
+
+def only(stage: list[tuple[str, str]], keyword: str) -> str:
+    found = [arguments for name, arguments in stage if name == keyword]
+    assert len(found) == 1, f"one {keyword} expected in the final stage, found {found}"
+    return found[0]
+
+
+def app_services(stack: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any]]]:
+    services = resolved(stack)
+    for name in APP_SERVICES:
+        assert name in services, f"{stack}: no {name} service"
+        yield name, services[name]
+
+
+# --- compose: schema ---
+
+
+@pytest.mark.parametrize("stack", [SINGLE, ("compose.cluster.yaml",), CLUSTER])
+def test_compose_files_follow_the_compose_specification(stack: tuple[str, ...]) -> None:
+    schema_file = files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    schema = json.loads(schema_file.read_text())
+    validator_class = validator_for(schema)
+    validator_class.check_schema(schema)
+    errors = [
+        f"{'.'.join(map(str, error.absolute_path)) or '<top>'}: {error.message}"
+        for error in validator_class(schema).iter_errors(stack_files(stack))
+    ]
+    assert not errors, "\n".join(errors)
+
+
+# --- compose: the app's configuration ---
+
+
+def test_the_settings_variables_are_derived_from_the_settings_classes() -> None:
+    names = settings_variables()
+    assert {"LOG_LEVEL", "KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "API_PORT"} <= names
+    assert "WORKER_SHUTDOWN_TIMEOUT_S" in names
+    assert "KAFKA_BOOTSTRAP_SERVER" not in names
+
+
+@STACKS
+def test_compose_passes_the_app_only_real_settings(stack: tuple[str, ...]) -> None:
+    valid = settings_variables()
+    for name, service in app_services(stack):
+        unknown = set(environment_of(service)) - valid
+        assert not unknown, f"{name}: not settings of app.settings: {sorted(unknown)}"
+
+
+def test_env_example_holds_settings_and_compose_variables_only() -> None:
+    """A key of .env.example is read by the app or interpolated by a compose file; no typos."""
+    compose_text = (ROOT / "compose.yaml").read_text() + (ROOT / "compose.cluster.yaml").read_text()
+    interpolated = {match.group(1) or match.group(4) for match in _VARIABLE.finditer(compose_text)}
+    stray = set(env_example()) - settings_variables() - interpolated
+    assert not stray, f".env.example keys that nothing reads: {sorted(stray)}"
+
+
+def test_env_example_documents_every_setting() -> None:
+    missing = settings_variables() - set(env_example())
+    assert not missing, f"settings missing from .env.example: {sorted(missing)}"
+
+
+@STACKS
+def test_each_app_container_gets_a_valid_configuration(
+    stack: tuple[str, ...], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no developer .env
+    for variable in settings_variables():
+        monkeypatch.delenv(variable, raising=False)
+    for name, service in app_services(stack):
+        environment = container_env(service)
+        with monkeypatch.context() as patch:
+            for variable, value in environment.items():
+                patch.setenv(variable, value)
+            settings = load_settings()  # raises ConfigurationError naming a bad variable
+        assert settings.kafka.bootstrap_servers == environment["KAFKA_BOOTSTRAP_SERVERS"], name
+
+
+def test_required_compose_variables_are_in_env_example() -> None:
+    for name in ("compose.yaml", "compose.cluster.yaml"):
+        text = (ROOT / name).read_text()
+        for required in re.findall(r"\$\{([A-Za-z_]\w*):?\?", text):
+            assert required in env_example(), f"{name} requires {required}; .env.example lacks it"
+
+
+def test_a_missing_database_password_fails_loudly() -> None:
+    variables = env_example()
+    del variables["POSTGRES_PASSWORD"]
+    with pytest.raises(KeyError, match="POSTGRES_PASSWORD"):
+        interpolate(load_yaml("compose.yaml"), variables)
+
+
+# --- compose: commands, addresses and ports ---
+
+
+@STACKS
+def test_every_app_command_is_an_orders_subcommand(stack: tuple[str, ...]) -> None:
+    for name, service in app_services(stack):
+        command = service["command"]
+        assert isinstance(command, list), f"{name}: exec form, so SIGTERM reaches orders"
+        assert build_parser().parse_args(command).command == name
+
+
+@STACKS
+def test_the_app_is_pointed_at_services_that_listen_there(stack: tuple[str, ...]) -> None:
+    services = resolved(stack)
+    kafka = brokers(services)
+    postgres_env = environment_of(services["postgres"])
+    for name, service in app_services(stack):
+        environment = container_env(service)
+        for server in environment["KAFKA_BOOTSTRAP_SERVERS"].split(","):
+            host, _, port = server.rpartition(":")
+            assert host in kafka, f"{name}: {server} is not a Kafka service of {stack}"
+            assert int(port) in listener_ports(kafka[host], controller=False), f"{name}: {server}"
+            advertised = kafka[host]["KAFKA_ADVERTISED_LISTENERS"]
+            assert f"//{server}" in advertised, f"{host} advertises {advertised}, not {server}"
+
+        url = urlsplit(environment["DATABASE_URL"])
+        assert url.hostname in services, f"{name}: no service {url.hostname}"
+        assert str(services[url.hostname]["image"]).startswith("postgres:")
+        assert url.port == int(postgres_env.get("PGPORT", POSTGRES_PORT))
+        assert (url.username, url.password, url.path) == (
+            postgres_env["POSTGRES_USER"],
+            postgres_env["POSTGRES_PASSWORD"],
+            "/" + postgres_env["POSTGRES_DB"],
+        ), f"{name}: DATABASE_URL does not match the postgres service's credentials"
+
+
+@STACKS
+def test_the_kraft_quorum_is_consistent(stack: tuple[str, ...]) -> None:
+    kafka = brokers(resolved(stack))
+    node_ids = {int(env["KAFKA_NODE_ID"]): name for name, env in kafka.items()}
+    assert len(node_ids) == len(kafka), "node ids must be unique"
+    for name, env in kafka.items():
+        assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false", name
+        assert int(env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) == len(kafka), name
+        assert env["CLUSTER_ID"] == next(iter(kafka.values()))["CLUSTER_ID"], name
+        voters = {
+            int(node): address
+            for node, _, address in (
+                voter.partition("@") for voter in env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
+            )
+        }
+        assert set(voters) == set(node_ids), f"{name}: voters {voters} vs nodes {node_ids}"
+        for node, address in voters.items():
+            host, _, port = address.rpartition(":")
+            assert host == node_ids[node], f"{name}: voter {node} is {host}"
+            assert int(port) in listener_ports(kafka[host], controller=True), address
+        for listener in env["KAFKA_ADVERTISED_LISTENERS"].split(","):
+            assert listener.split("//")[1].rpartition(":")[0] in kafka, listener
+    images = {service["image"] for service in resolved(stack).values() if "image" in service}
+    assert len({image for image in images if image.startswith("apache/kafka:")}) == 1
+
+
+@STACKS
+def test_replication_fits_the_brokers(stack: tuple[str, ...]) -> None:
+    count = len(brokers(resolved(stack)))
+    for name, service in app_services(stack):
+        environment = container_env(service)
+        factor = int(environment["KAFKA_REPLICATION_FACTOR"])
+        min_isr = int(environment["KAFKA_MIN_INSYNC_REPLICAS"])
+        assert factor == count, f"{name}: replication factor {factor} on {count} broker(s)"
+        if count > 1:  # one broker may fail while acks=all writes still succeed
+            assert min_isr <= factor - 1, name
+            assert min_isr >= 2, name  # an acknowledged write is on two brokers at least
+
+
+def test_the_cluster_has_three_brokers() -> None:
+    assert len(brokers(resolved(CLUSTER))) == 3
+    assert len(brokers(resolved(SINGLE))) == 1
+
+
+@STACKS
+def test_the_api_publishes_the_port_it_listens_on(stack: tuple[str, ...]) -> None:
+    api = resolved(stack)["api"]
+    listening = build_parser().parse_args(api["command"]).port
+    assert listening is not None, "pin --port: an API_PORT in .env must not move the API"
+    assert api["ports"], "the API is published"
+    for port in api["ports"]:
+        target = port["target"] if isinstance(port, dict) else port.rpartition(":")[2]
+        assert int(str(target).partition("/")[0]) == listening, port
+    assert listening == dockerfile_api_port()
+
+
+@STACKS
+def test_startup_order_waits_for_health_and_migrations(stack: tuple[str, ...]) -> None:
+    services = resolved(stack)
+    migrate_deps = services["migrate"]["depends_on"]
+    for dependency in [*brokers(services), "postgres"]:
+        assert migrate_deps[dependency]["condition"] == "service_healthy", dependency
+        assert services[dependency]["healthcheck"]["test"], dependency
+    for name in ("api", "worker"):
+        condition = services[name]["depends_on"]["migrate"]["condition"]
+        assert condition == "service_completed_successfully", name
+    for name in ("migrate", "worker"):  # the image's HEALTHCHECK probes the API's port
+        assert services[name]["healthcheck"] == {"disable": True}, name
+
+
+@STACKS
+def test_workers_scale_and_drain_before_they_are_killed(
+    stack: tuple[str, ...], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    worker = resolved(stack)["worker"]
+    assert "container_name" not in worker, "--scale needs compose to name the containers"
+    assert "ports" not in worker, "--scale: replicas cannot share a published port"
+    assert worker.get("stop_signal") == "SIGTERM"
+    monkeypatch.chdir(tmp_path)
+    for variable, value in container_env(worker).items():
+        monkeypatch.setenv(variable, value)
+    drain = load_settings().worker.shutdown_timeout_s
+    grace = seconds(worker["stop_grace_period"])
+    assert grace > drain + 5, f"stop_grace_period {grace}s vs WORKER_SHUTDOWN_TIMEOUT_S {drain}s"
+
+
+def test_postgres_credentials_are_required_not_defaulted() -> None:
+    postgres = load_yaml("compose.yaml")["services"]["postgres"]["environment"]
+    for variable in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"):
+        assert re.fullmatch(rf"\$\{{{variable}:\?[^}}]+\}}", postgres[variable]), variable
+
+
+# --- the Dockerfile ---
+
+
+def dockerfile_api_port() -> int:
+    final = stages()[-1]
+    command = json.loads(only(final, "CMD"))
+    port: int = build_parser().parse_args(command).port
+    healthcheck = only(final, "HEALTHCHECK")
+    probe = re.search(r"https?://[^'\"\s]+", healthcheck)
+    assert probe, healthcheck
+    url = urlsplit(probe.group(0))
+    assert (url.hostname, url.port, url.path) == ("127.0.0.1", port, "/healthz"), healthcheck
+    assert only(final, "EXPOSE") == str(port)
+    return port
+
+
+def test_the_base_image_is_a_pinned_python_that_the_project_supports() -> None:
+    aliases: set[str] = set()
+    bases = []
+    for stage in stages():
+        image, _, alias = stage[0][1].partition(" AS ")
+        if image not in aliases:
+            bases.append(image)
+        aliases.add(alias.strip())
+    assert bases, "no FROM"
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    for image in bases:
+        match = re.fullmatch(r"python:(\d+\.\d+\.\d+)-slim-bookworm", image)
+        assert match, f"{image}: pin an exact python:X.Y.Z-slim-bookworm tag"
+        assert match.group(1) in SpecifierSet(requires), f"{image} vs requires-python {requires}"
+
+
+def test_the_image_runs_orders_as_an_unprivileged_user() -> None:
+    final = stages()[-1]
+    user = [arguments for name, arguments in final if name == "USER"]
+    assert user, "no USER: the container would run as root"
+    assert user[-1].partition(":")[0] not in {"root", "0"}, user[-1]
+    assert json.loads(only(final, "ENTRYPOINT")) == ["orders"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["orders"] == "app.cli:main"
+    assert only(final, "HEALTHCHECK").split()[-1] != "NONE"
+    dockerfile_api_port()
+
+
+def test_dependencies_are_a_layer_of_their_own() -> None:
+    build = next(stage for stage in stages() if any("pip install" in a for _, a in stage))
+    steps = [f"{name} {arguments}" for name, arguments in build]
+    manifest = next(i for i, step in enumerate(steps) if step.startswith("COPY pyproject.toml"))
+    install = next(i for i, step in enumerate(steps) if "pip install" in step)
+    sources = next(i for i, step in enumerate(steps) if step.startswith("COPY app/"))
+    assert manifest < install < sources, steps
+
+
+def test_migrations_sit_where_app_db_migrate_looks() -> None:
+    """migrate.py resolves Path(__file__).parents[2] / "migrations": /app/migrations here."""
+    assert migrate.MIGRATIONS == ROOT / "migrations"
+    final = stages()[-1]
+    workdir = PurePosixPath(only(final, "WORKDIR"))
+    copies = {}
+    for name, arguments in final:
+        if name == "COPY" and not arguments.startswith("--from"):
+            source, destination = arguments.split()
+            copies[source.rstrip("/")] = workdir / destination
+    installed = copies["app"] / "db" / "migrate.py"
+    assert installed.parents[2] / "migrations" == copies["migrations"]
+    assert any("-e ." in arguments for _, arguments in dockerfile()), "editable install"
+
+
+def test_dockerignore_keeps_secrets_and_state_out_of_the_build_context() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for secret_or_state in (".env", ".venv", ".state", ".git"):
+        assert secret_or_state in patterns, secret_or_state
+    for needed in ("pyproject.toml", "app", "migrations"):
+        hits = [pattern for pattern in patterns if fnmatch.fnmatch(needed, pattern)]
+        assert not hits, f"{needed} is excluded by {hits}"
