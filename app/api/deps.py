@@ -22,7 +22,9 @@ class Resources:
     publisher: OrderPublisher
 
 
-def get_resources(request: Request) -> Resources:
+# Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in a worker
+# thread, a thread hop per request that costs more than the dependency itself.
+async def get_resources(request: Request) -> Resources:
     resources: Resources = request.app.state.resources
     return resources
 
@@ -38,10 +40,11 @@ async def get_connection(
         raise DatabaseUnavailableError(msg) from exc
 
 
-def get_publisher(resources: Annotated[Resources, Depends(get_resources)]) -> OrderPublisher:
+def publisher_of(request: Request) -> OrderPublisher:
+    """The producer, without a dependency: POST /orders is the hot path (see app/api/orders.py)."""
+    resources: Resources = request.app.state.resources
     return resources.publisher
 
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 ConnectionDep = Annotated[AsyncConnection, Depends(get_connection)]
-PublisherDep = Annotated[OrderPublisher, Depends(get_publisher)]

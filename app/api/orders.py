@@ -4,28 +4,51 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Any
 
-from fastapi import APIRouter, Header, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 
 from app import contract
-from app.api.deps import ConnectionDep, PublisherDep
+from app.api.deps import ConnectionDep, publisher_of
 from app.api.problems import problem_responses
 from app.api.schemas import AcceptedOrder, OrderRequest, StoredOrder, ValidatedOrder
 from app.db import queries
 
 router = APIRouter(tags=["orders"])
 
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=200,
-        description="Retrying with the same key (and customer) yields the same order, never two.",
-    ),
+MAX_HEADER_LENGTH = 200
+
+# The two optional headers of POST /orders, read straight from the request: declared as FastAPI
+# `Header()` parameters they cost ~60 us of parameter solving per request (measured with
+# `make bench-ingress`), a third of what validating the whole body costs. OpenAPI still lists them.
+ORDER_HEADERS: list[dict[str, Any]] = [
+    {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "Retrying with the same key (and customer) yields the same order.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_HEADER_LENGTH},
+    },
+    {
+        "name": "X-Request-ID",
+        "in": "header",
+        "required": False,
+        "description": "Carried in the Kafka record's headers; one is made up when absent.",
+        "schema": {"type": "string", "maxLength": MAX_HEADER_LENGTH},
+    },
 ]
-RequestId = Annotated[str | None, Header(alias="X-Request-ID", max_length=200)]
+
+
+def optional_header(request: Request, name: str) -> str | None:
+    value = request.headers.get(name)
+    if value is not None and not 0 < len(value) <= MAX_HEADER_LENGTH:
+        msg = f"{name} must be 1 to {MAX_HEADER_LENGTH} characters"
+        raise RequestValidationError(
+            [{"loc": ("header", name), "msg": msg, "type": "string_length", "input": value}]
+        )
+    return value
 
 
 @router.post(
@@ -36,15 +59,12 @@ RequestId = Annotated[str | None, Header(alias="X-Request-ID", max_length=200)]
         202: {"description": "Kafka acknowledged the order (acks=all); a worker will store it"},
         **problem_responses(413, 415, 422, 503),
     },
+    openapi_extra={"parameters": ORDER_HEADERS},
 )
-async def accept_order(
-    order: OrderRequest,
-    response: Response,
-    publisher: PublisherDep,
-    idempotency_key: IdempotencyKey = None,
-    request_id: RequestId = None,
-) -> AcceptedOrder:
+async def accept_order(order: OrderRequest, request: Request) -> Response:
     """Accept an order: answered only after every in-sync replica has it."""
+    idempotency_key = optional_header(request, "Idempotency-Key")
+    request_id = optional_header(request, "X-Request-ID")
     items = tuple(order.items)
     envelope = contract.OrderEnvelope(
         order_id=contract.order_id_for(order.customer_id, idempotency_key),
@@ -54,9 +74,9 @@ async def accept_order(
         currency=order.currency,
         accepted_at=datetime.now(UTC),
     )
-    ack = await publisher.publish(envelope, request_id or uuid.uuid4().hex)
-    response.headers["Location"] = f"/orders/{envelope.order_id}"
-    return AcceptedOrder(order_id=envelope.order_id, partition=ack.partition, offset=ack.offset)
+    ack = await publisher_of(request).publish(envelope, request_id or uuid.uuid4().hex)
+    accepted = AcceptedOrder(order_id=envelope.order_id, partition=ack.partition, offset=ack.offset)
+    return json_response(accepted, 202, Location=f"/orders/{envelope.order_id}")
 
 
 @router.post(
@@ -64,14 +84,26 @@ async def accept_order(
     response_model=ValidatedOrder,
     responses=problem_responses(413, 415, 422),
 )
-async def validate_order(order: OrderRequest) -> ValidatedOrder:
-    """Dry run: validate an order and price it, without placing it (nothing reaches Kafka)."""
-    return ValidatedOrder(
+async def validate_order(order: OrderRequest) -> Response:
+    """Dry run: validate an order and price it, without placing it (nothing reaches Kafka).
+
+    It also serves as the ingress benchmark's baseline: the same body, the same validation,
+    the same kind of response, and no Kafka.
+    """
+    validated = ValidatedOrder(
         customer_id=order.customer_id,
         total=contract.order_total(order.items),
         currency=order.currency,
         lines=len(order.items),
     )
+    return json_response(validated, 200)
+
+
+def json_response(body: BaseModel, status: int, **headers: str) -> Response:
+    # The hot paths serialise their (already typed) model directly: FastAPI would otherwise
+    # re-validate the returned model against `response_model`, which costs more than the
+    # serialisation itself. `response_model` still documents the body in OpenAPI.
+    return Response(body.model_dump_json(), status, headers, media_type="application/json")
 
 
 @router.get(

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""`make bench-ingress`: accepted orders/s (acks=all) against a validate-only baseline.
+
+One `orders api` process on loopback; wrk (Debian's package) drives, in the same run:
+1. the baseline: POST /orders/validate, same bodies, same validation, nothing produced;
+2. POST /orders: produced with the idempotent acks=all producer, 202 after the broker's ack;
+3. POST /orders again at half the accepted rate (paced connections), for its p99 latency.
+Targets (issue 3): accepted/s >= 70% of the baseline's requests/s; p99 < 50 ms at half rate.
+Prints one JSON line with every number, and exits 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LUA = ROOT / "scripts" / "bench" / "orders.lua"
+ORDERS = str(ROOT / ".venv" / "bin" / "orders")
+PORT = int(os.environ.get("BENCH_PORT", "8099"))
+DURATION = os.environ.get("BENCH_DURATION", "10s")
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
+
+
+def wrk(path: str, connections: int, pace_ms: int = 0) -> dict[str, float]:
+    env = {**os.environ, "WRK_RATE_PER_CONNECTION_MS": str(pace_ms)}
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{DURATION}", "--timeout", "10s", "-s", str(LUA),
+         f"http://127.0.0.1:{PORT}{path}"],
+        capture_output=True, text=True, env=env, check=True,
+    ).stdout
+    match = re.search(r"RESULT (.*)", out)
+    assert match, out
+    fields = {k: float(v) for k, v in (kv.split("=") for kv in match.group(1).split())}
+    seconds = fields["duration_us"] / 1e6
+    ok = fields["requests"] - fields["non2xx"] - fields["errors"]
+    return {
+        "ok_per_s": round(ok / seconds, 1),
+        "requests": fields["requests"],
+        "failed": fields["non2xx"] + fields["errors"],
+        "p50_ms": round(fields["p50_us"] / 1000, 2),
+        "p99_ms": round(fields["p99_us"] / 1000, 2),
+    }
+
+
+def wait_ready(timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise SystemExit("the API did not become ready")
+
+
+def main() -> int:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: `make deps` installs it")
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", PORT)) == 0:
+            raise SystemExit(f"port {PORT} is taken (set BENCH_PORT)")
+    topic = f"bench-ingress-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "KAFKA_ORDERS_TOPIC": topic, "KAFKA_DLQ_TOPIC": f"{topic}.DLQ",
+           "LOG_LEVEL": "WARNING"}
+    subprocess.run([ORDERS, "migrate"], env=env, check=True, capture_output=True)
+    api = subprocess.Popen([ORDERS, "api", "--port", str(PORT)], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready()
+        wrk("/orders/validate", CONNECTIONS)  # warm up both paths
+        wrk("/orders", CONNECTIONS)
+        baseline = wrk("/orders/validate", CONNECTIONS)
+        accepted = wrk("/orders", CONNECTIONS)
+        half_rate = accepted["ok_per_s"] / 2
+        connections = 16
+        pace_ms = max(1, round(connections / half_rate * 1000))
+        paced = wrk("/orders", connections, pace_ms)
+    finally:
+        api.terminate()
+        api.wait(30)
+    ratio = accepted["ok_per_s"] / baseline["ok_per_s"]
+    result = {
+        "baseline_validate_req_per_s": baseline["ok_per_s"],
+        "accepted_orders_per_s": accepted["ok_per_s"],
+        "ratio": round(ratio, 3),
+        "accepted_failures": accepted["failed"],
+        "half_rate_target_per_s": round(half_rate, 1),
+        "half_rate_achieved_per_s": paced["ok_per_s"],
+        "half_rate_p50_ms": paced["p50_ms"],
+        "half_rate_p99_ms": paced["p99_ms"],
+        "full_load_p99_ms": accepted["p99_ms"],
+        "topic": topic,
+    }
+    print(json.dumps(result))
+    met = ratio >= 0.70 and paced["p99_ms"] < 50 and accepted["failed"] == 0
+    print("targets met" if met else "TARGETS MISSED", file=sys.stderr)
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
