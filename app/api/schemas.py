@@ -8,9 +8,8 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic_extra_types.currency_code import ISO4217
 
-from app.contract import CustomerId, OrderLine
+from app.contract import CurrencyCode, CustomerId, OrderLine
 
 
 class OrderRequest(BaseModel):
@@ -20,7 +19,7 @@ class OrderRequest(BaseModel):
 
     customer_id: CustomerId
     items: list[OrderLine] = Field(min_length=1, max_length=100)
-    currency: ISO4217
+    currency: CurrencyCode
 
 
 class AcceptedOrder(BaseModel):

@@ -46,14 +46,6 @@ orders = Table(
     CheckConstraint("sequence > 0", name="sequence_positive"),
 )
 
-# The last per-customer sequence number handed out; bumped in the same transaction as the insert.
-customer_sequences = Table(
-    "customer_sequences",
-    metadata,
-    Column("customer_id", String(64), primary_key=True),
-    Column("last_sequence", BigInteger, nullable=False),
-)
-
 # Where each consumer group stands on each partition: the source of truth for offsets.
 # A batch may only move a position forward from where that batch began (the fence).
 consumer_positions = Table(

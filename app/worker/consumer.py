@@ -131,50 +131,64 @@ class OrderWorker:
         await self._dead_letters.stop()
 
     async def run(self) -> None:
-        """Process batches until `request_stop()`."""
+        """Process batches until `request_stop()`.
+
+        Two batches overlap: while batch N's transaction runs in PostgreSQL, batch N+1 is fetched
+        and parsed here. N+1 is only written once N has committed, so per-partition order and
+        the fence are exactly as if the batches ran one after the other.
+        """
         backoff = self.settings.worker.retry_backoff_initial_s
+        storing: asyncio.Task[None] | None = None
+        stored_batch: Batch = {}
         while not self._stopping.is_set():
             batch = await self._consumer.getmany(
                 timeout_ms=self.settings.worker.fetch_timeout_ms,
                 max_records=self.settings.worker.max_records,
             )
-            if not batch:
-                continue
-            try:
-                await asyncio.wait_for(self._process(batch), self.settings.worker.batch_timeout_s)
-            except TRANSIENT_ERRORS as exc:
-                self.stats.retries += 1
-                log.warning("batch failed (%r); retrying from its start in %.1fs", exc, backoff)
-                await self._back_off(batch, backoff)
-                backoff = min(backoff * 2, self.settings.worker.retry_backoff_max_s)
-            else:
+            prepared = await _prepare(batch) if batch else None
+            if storing is not None:
+                failure = await _outcome(storing)
+                storing = None
+                if failure is not None:
+                    # Both the failed batch and the one fetched behind it are fetched again.
+                    self.stats.retries += 1
+                    log.warning(
+                        "batch failed (%r); retrying from its start in %.1fs", failure, backoff
+                    )
+                    await self._back_off([stored_batch, batch], backoff)
+                    backoff = min(backoff * 2, self.settings.worker.retry_backoff_max_s)
+                    continue
                 backoff = self.settings.worker.retry_backoff_initial_s
+            if prepared is not None:
+                storing = asyncio.create_task(self._store_in_time(prepared))
+                stored_batch = batch
+        if storing is not None:
+            failure = await _outcome(storing)
+            if failure is not None:
+                log.warning("last batch failed (%r); the next owner redoes it", failure)
 
     # --- one batch -------------------------------------------------------------------------
 
-    async def _process(self, batch: Batch) -> None:
+    async def _store_in_time(self, prepared: PreparedBatch) -> None:
+        await asyncio.wait_for(self._store(prepared), self.settings.worker.batch_timeout_s)
+
+    async def _store(self, prepared: PreparedBatch) -> None:
         async with self._in_flight:
             # A rebalance may have revoked partitions since getmany returned: drop their records.
-            assigned = self._consumer.assignment()
-            batch = {tp: records for tp, records in batch.items() if tp in assigned and records}
-            if not batch:
+            prepared = prepared.only(self._consumer.assignment())
+            if not prepared.spans:
                 return
-            orders, poison = _parse(batch)
-            if poison:
-                await self._dead_letters.publish(poison)
+            if prepared.poison:
+                await self._dead_letters.publish(prepared.poison)
                 faults.hit("after_dead_letter")
-            spans = [
-                PartitionSpan(tp.partition, records[0].offset, records[-1].offset + 1)
-                for tp, records in batch.items()
-            ]
             async with self.engine.begin() as connection:
                 result = await record_batch(
                     connection,
                     group_id=self._group,
                     topic=self._topic,
                     owner=self.name,
-                    spans=spans,
-                    orders=orders,
+                    spans=prepared.spans,
+                    orders=prepared.orders,
                 )
                 faults.hit("inside_db_transaction")
             faults.hit("after_db_commit")
@@ -184,16 +198,16 @@ class OrderWorker:
                     "partition %d fenced: stored position %d, batch began at %d; seeking there",
                     partition,
                     stored,
-                    next(s.start for s in spans if s.partition == partition),
+                    next(s.start for s in prepared.spans if s.partition == partition),
                 )
                 self._consumer.seek(TopicPartition(self._topic, partition), stored)
             done = {
                 TopicPartition(self._topic, s.partition): OffsetAndMetadata(s.end, "")
-                for s in spans
+                for s in prepared.spans
                 if s.partition not in result.fenced
             }
             await self._commit_to_kafka(done)
-            self._count(batch, orders, poison, result.inserted, len(result.fenced), spans)
+            self._count(prepared, result.inserted, len(result.fenced))
 
     async def _commit_to_kafka(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         """Mirror the stored positions into the group's offsets, for lag tools; best effort."""
@@ -207,13 +221,19 @@ class OrderWorker:
             # PostgreSQL already holds the truth; the next owner seeks from there.
             log.warning("Kafka commit failed (%r); positions are safe in PostgreSQL", exc)
 
-    async def _back_off(self, batch: Batch, delay: float) -> None:
-        """Rewind the failed batch, pause fetching, and keep polling so we stay in the group."""
-        for tp, records in batch.items():
-            if tp in self._consumer.assignment() and records:
-                self._consumer.seek(tp, records[0].offset)
-        paused = set(self._consumer.assignment())
-        self._consumer.pause(*paused)
+    async def _back_off(self, batches: list[Batch], delay: float) -> None:
+        """Rewind to the first unstored record, pause fetching, and keep polling (so we stay in
+        the group) until the delay is over."""
+        rewind: dict[TopicPartition, int] = {}
+        for batch in batches:
+            for tp, records in batch.items():
+                if records:
+                    rewind[tp] = min(rewind.get(tp, records[0].offset), records[0].offset)
+        assigned = self._consumer.assignment()
+        for tp, offset in rewind.items():
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
+        self._consumer.pause(*assigned)
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + delay
@@ -223,21 +243,13 @@ class OrderWorker:
         finally:
             self._consumer.resume(*self._consumer.assignment())
 
-    def _count(
-        self,
-        batch: Batch,
-        orders: list[IncomingOrder],
-        poison: list[tuple[Record, Exception]],
-        inserted: int,
-        fenced: int,
-        spans: list[PartitionSpan],
-    ) -> None:
+    def _count(self, prepared: PreparedBatch, inserted: int, fenced: int) -> None:
         self.stats.batches += 1
-        self.stats.records += sum(len(records) for records in batch.values())
+        self.stats.records += prepared.size
         self.stats.inserted += inserted
-        self.stats.dead_lettered += len(poison)
+        self.stats.dead_lettered += len(prepared.poison)
         self.stats.fenced += fenced
-        for span in spans:
+        for span in prepared.spans:
             self.stats.positions[span.partition] = span.end
 
     # --- rebalancing -----------------------------------------------------------------------
@@ -286,18 +298,61 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._worker._on_assigned(assigned)
 
 
-def _parse(batch: Batch) -> tuple[list[IncomingOrder], list[tuple[Record, Exception]]]:
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A fetched batch, parsed: its orders, its poison records, and the span of each partition."""
+
+    orders: list[IncomingOrder]
+    poison: list[tuple[Record, Exception]]
+    spans: list[PartitionSpan]
+    size: int
+
+    def only(self, assigned: set[TopicPartition]) -> PreparedBatch:
+        """The part of the batch on partitions still assigned to this member."""
+        partitions = {tp.partition for tp in assigned}
+        if all(span.partition in partitions for span in self.spans):
+            return self
+        spans = [span for span in self.spans if span.partition in partitions]
+        return PreparedBatch(
+            orders=[order for order in self.orders if order.partition in partitions],
+            poison=[(r, e) for r, e in self.poison if r.partition in partitions],
+            spans=spans,
+            size=sum(span.end - span.start for span in spans),
+        )
+
+
+# Parsing yields to the event loop this often, so that the batch being stored meanwhile can send
+# its next statement instead of waiting for the whole parse (the loop has one thread).
+_PARSE_SLICE = 100
+
+
+async def _prepare(batch: Batch) -> PreparedBatch:
     orders: list[IncomingOrder] = []
     poison: list[tuple[Record, Exception]] = []
+    spans: list[PartitionSpan] = []
     for records in batch.values():
-        for record in records:
+        if not records:
+            continue
+        spans.append(PartitionSpan(records[0].partition, records[0].offset, records[-1].offset + 1))
+        for index, record in enumerate(records):
+            if index % _PARSE_SLICE == 0:
+                await asyncio.sleep(0)
             try:
                 envelope = contract.decode(record.value)
             except PoisonRecordError as exc:
                 poison.append((record, exc))
                 continue
             orders.append(IncomingOrder(envelope, record.partition, record.offset))
-    return orders, poison
+    return PreparedBatch(orders, poison, spans, sum(len(r) for r in batch.values()))
+
+
+async def _outcome(task: asyncio.Task[None]) -> BaseException | None:
+    """Wait for a batch to be stored; a transient failure is returned, anything else raised."""
+    try:
+        await task
+    except TRANSIENT_ERRORS as exc:
+        return exc
+    return None
 
 
 async def stop_quietly(worker: OrderWorker) -> None:

@@ -6,23 +6,27 @@ In one transaction the batch
    Otherwise another member (or a newer generation of this one) has moved on, and this batch is
    a zombie's late write: its records for that partition are dropped;
 2. inserts the orders that are new (order_id is the idempotency anchor: a redelivered or retried
-   order changes nothing), numbering each customer's new orders 1, 2, 3, ... in offset order;
+   order changes nothing), numbering each customer's new orders on from the customer's last
+   stored sequence, in offset order;
 3. moves each unfenced position to the end of the batch.
 Postgres is the source of truth for offsets; the Kafka commit that follows only mirrors it.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, BIGINT, INTEGER, TEXT
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.contract import OrderEnvelope
+from app.contract import OrderEnvelope, OrderLine
+
+_LINES_JSON = TypeAdapter(tuple[OrderLine, ...])
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,18 @@ class BatchResult:
     fenced: dict[int, int]  # partition -> the stored position this batch did not start at
 
 
+# One array per column of a batch of orders (see _order_columns), bound to unnest().
+_ORDER_ARRAYS = (
+    bindparam("order_ids", type_=ARRAY(TEXT)),
+    bindparam("customer_ids", type_=ARRAY(TEXT)),
+    bindparam("items", type_=ARRAY(TEXT)),
+    bindparam("totals", type_=ARRAY(TEXT)),
+    bindparam("currencies", type_=ARRAY(TEXT)),
+    bindparam("accepted_ats", type_=ARRAY(TEXT)),
+    bindparam("partitions", type_=ARRAY(INTEGER)),
+    bindparam("offsets", type_=ARRAY(BIGINT)),
+)
+
 _INIT_POSITIONS = text(
     """
     INSERT INTO consumer_positions (group_id, topic, partition, next_offset, owner)
@@ -73,7 +89,10 @@ _LOCK_POSITIONS = text(
 ).bindparams(bindparam("partitions", type_=ARRAY(INTEGER)))
 
 # Each customer's orders live on one partition (keyed by customer id), so numbering a customer's
-# new orders by offset is numbering them in the order Kafka accepted them.
+# new orders by offset is numbering them in the order Kafka accepted them. The next number comes
+# from the customer's highest stored sequence (a backward scan of the unique index on
+# (customer_id, sequence)); that unique constraint, not a lock, is what makes two writers that
+# ever raced for one customer fail and retry instead of storing the same number twice.
 _INSERT_ORDERS = text(
     """
     WITH incoming AS (
@@ -90,37 +109,54 @@ _INSERT_ORDERS = text(
         ORDER BY i.order_id, i.kafka_partition, i.kafka_offset
     ),
     numbered AS (
-        SELECT f.*,
-               row_number() OVER per_customer AS n,
-               count(*) OVER (PARTITION BY f.customer_id) AS batch_count
-        FROM fresh AS f
-        WINDOW per_customer AS (
+        SELECT f.*, row_number() OVER (
             PARTITION BY f.customer_id ORDER BY f.kafka_partition, f.kafka_offset
-        )
+        ) AS n
+        FROM fresh AS f
     ),
-    bumped AS (
-        INSERT INTO customer_sequences AS s (customer_id, last_sequence)
-        SELECT customer_id, count(*) FROM fresh GROUP BY customer_id ORDER BY customer_id
-        ON CONFLICT (customer_id)
-            DO UPDATE SET last_sequence = s.last_sequence + EXCLUDED.last_sequence
-        RETURNING s.customer_id, s.last_sequence
+    last_stored AS (
+        SELECT c.customer_id,
+               coalesce((SELECT max(o.sequence) FROM orders AS o
+                         WHERE o.customer_id = c.customer_id), 0) AS sequence
+        FROM (SELECT DISTINCT customer_id FROM fresh) AS c
     )
     INSERT INTO orders (order_id, customer_id, sequence, items, total, currency, accepted_at,
                         kafka_partition, kafka_offset)
-    SELECT n.order_id, n.customer_id, b.last_sequence - n.batch_count + n.n, CAST(n.items AS jsonb),
+    SELECT n.order_id, n.customer_id, l.sequence + n.n, CAST(n.items AS jsonb),
            n.total, n.currency, n.accepted_at, n.kafka_partition, n.kafka_offset
-    FROM numbered AS n JOIN bumped AS b USING (customer_id)
+    FROM numbered AS n JOIN last_stored AS l USING (customer_id)
     """
-).bindparams(
-    bindparam("order_ids", type_=ARRAY(TEXT)),
-    bindparam("customer_ids", type_=ARRAY(TEXT)),
-    bindparam("items", type_=ARRAY(TEXT)),
-    bindparam("totals", type_=ARRAY(TEXT)),
-    bindparam("currencies", type_=ARRAY(TEXT)),
-    bindparam("accepted_ats", type_=ARRAY(TEXT)),
-    bindparam("partitions", type_=ARRAY(INTEGER)),
-    bindparam("offsets", type_=ARRAY(BIGINT)),
-)
+).bindparams(*_ORDER_ARRAYS)
+
+# The common case, tried first: no order of the batch is stored yet (redeliveries are rare).
+# It skips the anti-join and numbers every order of the batch; if one turns out to be stored
+# already, the primary key refuses the insert and the careful statement above runs instead.
+_INSERT_NEW_ORDERS = text(
+    """
+    WITH incoming AS (
+        SELECT * FROM unnest(
+            CAST(:order_ids AS uuid[]), :customer_ids, :items, CAST(:totals AS numeric[]),
+            :currencies, CAST(:accepted_ats AS timestamptz[]), :partitions, :offsets
+        ) AS t(order_id, customer_id, items, total, currency, accepted_at,
+               kafka_partition, kafka_offset)
+    ),
+    last_stored AS (
+        SELECT c.customer_id,
+               coalesce((SELECT max(o.sequence) FROM orders AS o
+                         WHERE o.customer_id = c.customer_id), 0) AS sequence
+        FROM (SELECT DISTINCT customer_id FROM incoming) AS c
+    )
+    INSERT INTO orders (order_id, customer_id, sequence, items, total, currency, accepted_at,
+                        kafka_partition, kafka_offset)
+    SELECT i.order_id, i.customer_id,
+           l.sequence + row_number() OVER (
+               PARTITION BY i.customer_id ORDER BY i.kafka_partition, i.kafka_offset
+           ),
+           CAST(i.items AS jsonb), i.total, i.currency, i.accepted_at,
+           i.kafka_partition, i.kafka_offset
+    FROM incoming AS i JOIN last_stored AS l USING (customer_id)
+    """
+).bindparams(*_ORDER_ARRAYS)
 
 _ADVANCE_POSITIONS = text(
     """
@@ -170,8 +206,7 @@ async def record_batch(
     accepted = [order for order in orders if order.partition not in fenced]
     inserted = 0
     if accepted:
-        result = await connection.execute(_INSERT_ORDERS, _order_columns(accepted))
-        inserted = result.rowcount
+        inserted = await _insert_orders(connection, accepted)
     moving = [span for span in spans if span.partition not in fenced]
     if moving:
         await connection.execute(
@@ -185,13 +220,31 @@ async def record_batch(
     return BatchResult(inserted=inserted, fenced=fenced)
 
 
+async def _insert_orders(connection: AsyncConnection, orders: Sequence[IncomingOrder]) -> int:
+    columns = _order_columns(orders)
+    if len({order.envelope.order_id for order in orders}) == len(orders):
+        try:
+            async with connection.begin_nested():
+                result = await connection.execute(_INSERT_NEW_ORDERS, columns)
+        except IntegrityError as exc:
+            if not _is_order_id_conflict(exc):
+                raise
+        else:
+            return int(result.rowcount)
+    result = await connection.execute(_INSERT_ORDERS, columns)
+    return int(result.rowcount)
+
+
+def _is_order_id_conflict(exc: IntegrityError) -> bool:
+    constraint = getattr(getattr(exc.orig, "__cause__", None), "constraint_name", None)
+    return constraint == "pk_orders"
+
+
 def _order_columns(orders: Sequence[IncomingOrder]) -> dict[str, list[Any]]:
     return {
         "order_ids": [str(o.envelope.order_id) for o in orders],
         "customer_ids": [o.envelope.customer_id for o in orders],
-        "items": [
-            json.dumps([line.model_dump(mode="json") for line in o.envelope.items]) for o in orders
-        ],
+        "items": [_LINES_JSON.dump_json(o.envelope.items).decode() for o in orders],
         "totals": [str(o.envelope.total) for o in orders],
         "currencies": [o.envelope.currency for o in orders],
         "accepted_ats": [o.envelope.accepted_at.isoformat() for o in orders],

@@ -1,4 +1,4 @@
-"""Tables for the pipeline: orders, per-customer sequences, consumer positions.
+"""Tables for the pipeline: orders (with per-customer sequences) and consumer positions.
 
 Revision ID: 0001
 Revises:
@@ -37,12 +37,6 @@ def upgrade() -> None:
         sa.UniqueConstraint("customer_id", "sequence", name="uq_orders_customer_id"),
     )
     op.create_table(
-        "customer_sequences",
-        sa.Column("customer_id", sa.String(64), nullable=False),
-        sa.Column("last_sequence", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("customer_id", name="pk_customer_sequences"),
-    )
-    op.create_table(
         "consumer_positions",
         sa.Column("group_id", sa.Text(), nullable=False),
         sa.Column("topic", sa.Text(), nullable=False),
@@ -61,5 +55,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("consumer_positions")
-    op.drop_table("customer_sequences")
     op.drop_table("orders")

@@ -77,3 +77,11 @@ class OrdersProcess:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_for_output(self, text: str, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive():
+            if text in self.output():
+                return True
+            time.sleep(0.1)
+        return text in self.output()

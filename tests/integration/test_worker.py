@@ -232,6 +232,7 @@ async def test_sigterm_during_a_batch_exits_0_and_nothing_is_lost_or_doubled(
         await load
     restarted = OrdersProcess("worker", settings, tmp_path)
     try:
+        assert await asyncio.to_thread(restarted.wait_for_output, "partitions assigned")
         assert await wait_until_stored(engine, expected) == expected.total == 2000
     finally:
         assert restarted.stop() == 0
