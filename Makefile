@@ -54,10 +54,11 @@ chaos: install ## the full fault-injection suite
 	$(PYTHON) scripts/services.py up --brokers 1
 	$(BIN)/pytest -m chaos tests/integration
 
-lint: install ## ruff and mypy --strict
+lint: install ## ruff, mypy --strict, hadolint on the Dockerfile, compose config
 	$(BIN)/ruff check app tests scripts migrations
 	$(BIN)/ruff format --check app tests scripts migrations
 	$(BIN)/mypy
+	scripts/lint-docker.sh
 
 format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix app tests scripts migrations

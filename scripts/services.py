@@ -319,9 +319,27 @@ def as_pg_user() -> list[str]:
     return ["runuser", "-u", "postgres", "--"]
 
 
+def pg_state_root() -> Path:
+    """Where PostgreSQL's folders go: the state folder, unless its own user cannot reach it.
+
+    As root, the server runs as `postgres`, which cannot enter a checkout under a private home
+    folder (/root is 0700): then a folder under /var/lib, named after this checkout, is used.
+    """
+    STATE.mkdir(parents=True, exist_ok=True)
+    runner = as_pg_user()
+    reachable_by_postgres = not runner or (
+        subprocess.run([*runner, "test", "-x", str(STATE)], check=False).returncode == 0
+    )
+    if reachable_by_postgres:
+        return STATE
+    fallback = Path("/var/lib/orders-local") / hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
 def postgres_up(port: int, home: Path | None = None) -> str:
     """Start (or find running) a PostgreSQL server with database `orders`; return its URL."""
-    home = home or STATE / "postgres"
+    home = home or pg_state_root() / "postgres"
     data = home / "data"
     sockets = home / "run"
     log = home / "postgres.log"
@@ -421,7 +439,7 @@ def postgres_up(port: int, home: Path | None = None) -> str:
 
 
 def postgres_down(home: Path | None = None) -> None:
-    data = (home or STATE / "postgres") / "data"
+    data = (home or pg_state_root() / "postgres") / "data"
     if not (data / "PG_VERSION").exists():
         return
     runner = as_pg_user()
@@ -480,7 +498,7 @@ def status() -> None:
     for pid_file in sorted((STATE / "kafka").glob("**/node-*/broker.pid")):
         state = "running" if pid_alive(pid_file) else "stopped"
         say(f"kafka {pid_file.parent.parent.name}/{pid_file.parent.name}: {state}")
-    data = STATE / "postgres" / "data"
+    data = pg_state_root() / "postgres" / "data"
     if (data / "PG_VERSION").exists():
         result = subprocess.run(
             [*as_pg_user(), pg_bin("pg_ctl"), "-D", str(data), "status"],

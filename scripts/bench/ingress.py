@@ -34,9 +34,21 @@ CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 def wrk(path: str, connections: int, pace_ms: int = 0) -> dict[str, float]:
     env = {**os.environ, "WRK_RATE_PER_CONNECTION_MS": str(pace_ms)}
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{DURATION}", "--timeout", "10s", "-s", str(LUA),
-         f"http://127.0.0.1:{PORT}{path}"],
-        capture_output=True, text=True, env=env, check=True,
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{DURATION}",
+            "--timeout",
+            "10s",
+            "-s",
+            str(LUA),
+            f"http://127.0.0.1:{PORT}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     ).stdout
     match = re.search(r"RESULT (.*)", out)
     assert match, out
@@ -71,11 +83,19 @@ def main() -> int:
         if probe.connect_ex(("127.0.0.1", PORT)) == 0:
             raise SystemExit(f"port {PORT} is taken (set BENCH_PORT)")
     topic = f"bench-ingress-{uuid.uuid4().hex[:6]}"
-    env = {**os.environ, "KAFKA_ORDERS_TOPIC": topic, "KAFKA_DLQ_TOPIC": f"{topic}.DLQ",
-           "LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "KAFKA_ORDERS_TOPIC": topic,
+        "KAFKA_DLQ_TOPIC": f"{topic}.DLQ",
+        "LOG_LEVEL": "WARNING",
+    }
     subprocess.run([ORDERS, "migrate"], env=env, check=True, capture_output=True)
-    api = subprocess.Popen([ORDERS, "api", "--port", str(PORT)], env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    api = subprocess.Popen(
+        [ORDERS, "api", "--port", str(PORT)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_ready()
         wrk("/orders/validate", CONNECTIONS)  # warm up both paths

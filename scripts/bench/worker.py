@@ -63,8 +63,11 @@ def envelope(n: int, run: str) -> contract.OrderEnvelope:
 
 async def fill_topic(bootstrap: str, topic: str, run: str) -> float:
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=20,
-        max_batch_size=256 * 1024, compression_type="lz4",
+        bootstrap_servers=bootstrap,
+        enable_idempotence=True,
+        linger_ms=20,
+        max_batch_size=256 * 1024,
+        compression_type="lz4",
     )
     await producer.start()
     started = time.perf_counter()
@@ -72,8 +75,11 @@ async def fill_topic(bootstrap: str, topic: str, run: str) -> float:
         pending = []
         for n in range(TOTAL):
             value, headers = contract.encode(envelope(n, run), "bench")
-            pending.append(await producer.send(topic, value, key=f"{run}-{n % CUSTOMERS}".encode(),
-                                               headers=headers))
+            pending.append(
+                await producer.send(
+                    topic, value, key=f"{run}-{n % CUSTOMERS}".encode(), headers=headers
+                )
+            )
             if len(pending) >= 20_000:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -99,7 +105,9 @@ async def prepare_database(url: str) -> str:
 async def stored_total(connection: asyncpg.Connection, group: str, topic: str) -> int:
     value = await connection.fetchval(
         "SELECT coalesce(sum(next_offset), 0) FROM consumer_positions"
-        " WHERE group_id = $1 AND topic = $2", group, topic,
+        " WHERE group_id = $1 AND topic = $2",
+        group,
+        topic,
     )
     return int(value)
 
@@ -107,8 +115,10 @@ async def stored_total(connection: asyncpg.Connection, group: str, topic: str) -
 async def run_worker(url: str, env: dict[str, str], group: str, topic: str) -> dict[str, float]:
     """One `orders worker` process drains the topic; returns its rate and peak RSS."""
     connection = await asyncpg.connect(plain(url))
-    worker = subprocess.Popen([ORDERS_CMD, "worker"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    # A plain Popen: the worker runs on its own while this loop polls PostgreSQL.
+    worker = subprocess.Popen(  # noqa: ASYNC220
+        [ORDERS_CMD, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     process = psutil.Process(worker.pid)
     peak_rss = 0
     first_progress: float | None = None
@@ -173,7 +183,10 @@ async def naive_worker(url: str, bootstrap: str, topic: str, group: str) -> floa
     """One transaction and one Kafka commit per message: the textbook way, measured."""
     connection = await asyncpg.connect(plain(url))
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
     await consumer.start()
@@ -191,9 +204,14 @@ async def naive_worker(url: str, bootstrap: str, topic: str, group: str) -> floa
                     " SELECT $1, $2::text, coalesce((SELECT max(sequence) FROM orders"
                     "  WHERE customer_id = $2::text), 0) + 1, $3::jsonb, $4, $5, $6, $7, $8"
                     " ON CONFLICT (order_id) DO NOTHING",
-                    uuid.uuid4(), f"naive-{order.customer_id}",
+                    uuid.uuid4(),
+                    f"naive-{order.customer_id}",
                     json.dumps([line.model_dump(mode="json") for line in order.items]),
-                    order.total, order.currency, order.accepted_at, record.partition, record.offset,
+                    order.total,
+                    order.currency,
+                    order.accepted_at,
+                    record.partition,
+                    record.offset,
                 )
             tp = TopicPartition(record.topic, record.partition)
             await consumer.commit({tp: record.offset + 1})
@@ -214,8 +232,12 @@ async def main() -> int:
     url = await prepare_database(str(settings.database.url))
     fill_s = await fill_topic(kafka.bootstrap_servers, topic, run)
     env = {
-        **os.environ, "KAFKA_ORDERS_TOPIC": topic, "KAFKA_DLQ_TOPIC": f"{topic}.DLQ",
-        "WORKER_GROUP_ID": group, "DATABASE_URL": url, "LOG_LEVEL": "WARNING",
+        **os.environ,
+        "KAFKA_ORDERS_TOPIC": topic,
+        "KAFKA_DLQ_TOPIC": f"{topic}.DLQ",
+        "WORKER_GROUP_ID": group,
+        "DATABASE_URL": url,
+        "LOG_LEVEL": "WARNING",
     }
     worker = await run_worker(url, env, group, topic)
     ceiling = await raw_ceiling(url, run, settings.worker.max_records)

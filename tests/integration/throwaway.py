@@ -19,7 +19,6 @@ from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[2]
-STATE = Path(os.environ.get("ORDERS_STATE_DIR", ROOT / ".state"))
 
 
 def _services_module() -> ModuleType:
@@ -71,7 +70,7 @@ class ThrowawayPostgres:
     def __init__(self, port: int) -> None:
         self.services = _services_module()
         self.port = port
-        self.home = STATE / "test-postgres" / uuid.uuid4().hex[:8]
+        self.home = self.services.pg_state_root() / "test-postgres" / uuid.uuid4().hex[:8]
         self.url = ""
 
     def start(self) -> None:
