@@ -53,6 +53,8 @@ class DatabaseSettings(BaseSettings):
     url: PostgresDsn = PostgresDsn("postgresql+asyncpg://orders:orders@127.0.0.1:5432/orders")
     pool_size: int = Field(default=5, ge=1)
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    # A frozen process must not keep row locks forever: the server ends its open transaction.
+    idle_in_transaction_timeout_s: float = Field(default=30.0, gt=0)
 
     @field_validator("url")
     @classmethod

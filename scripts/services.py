@@ -131,19 +131,22 @@ def kafka_classpath() -> str:
             )
         say("resolving the Kafka broker jars from Maven Central (once)")
         shutil.rmtree(libs, ignore_errors=True)
-        subprocess.run(
+        resolved = subprocess.run(
             [
                 mvn,
                 "-q",
                 "-B",
-                "-Dstyle.color=never",
                 "-f",
                 str(KAFKA_POM),
                 "dependency:copy-dependencies",
                 f"-DoutputDirectory={libs}",
             ],
-            check=True,
+            capture_output=True,
+            text=True,
+            check=False,
         )
+        if resolved.returncode != 0:
+            raise ServiceError(f"Maven could not fetch the Kafka jars:\n{resolved.stdout}")
         stamp.write_text(wanted)
     return f"{libs}/*"
 

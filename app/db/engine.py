@@ -12,5 +12,12 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         str(settings.url),
         pool_size=settings.pool_size,
         pool_pre_ping=True,
-        connect_args={"timeout": settings.connect_timeout_s},
+        connect_args={
+            "timeout": settings.connect_timeout_s,
+            "server_settings": {
+                "idle_in_transaction_session_timeout": str(
+                    int(settings.idle_in_transaction_timeout_s * 1000)
+                ),
+            },
+        },
     )

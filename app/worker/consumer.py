@@ -181,6 +181,7 @@ class OrderWorker:
             if prepared.poison:
                 await self._dead_letters.publish(prepared.poison)
                 faults.hit("after_dead_letter")
+            faults.hit("before_db_transaction")
             async with self.engine.begin() as connection:
                 result = await record_batch(
                     connection,
