@@ -16,7 +16,7 @@ from tests.integration.api_client import api_client, order_body
 from tests.integration.conftest import make_settings
 from tests.integration.kafka_tools import end_offsets, read_topic
 from tests.integration.services import Endpoints
-from tests.integration.throwaway import throwaway_broker
+from tests.integration.throwaway import throwaway_cluster
 
 JSON = {"content-type": "application/json"}
 
@@ -160,7 +160,7 @@ async def _post_timed(client: Any, body: dict[str, Any]) -> tuple[int, float, An
 async def test_broker_down_gives_503_in_time_and_recovers_without_restart(
     endpoints: Endpoints, database_url: str, tmp_path: Path
 ) -> None:
-    with throwaway_broker(tmp_path / "kafka") as broker:
+    with throwaway_cluster(tmp_path / "kafka") as broker:
         settings = make_settings(
             Endpoints(broker.bootstrap, endpoints.database_url, "throwaway"), database_url
         )
@@ -172,7 +172,7 @@ async def test_broker_down_gives_503_in_time_and_recovers_without_restart(
             status, _, _ = await _post_timed(client, order_body("c-1", 1))
             assert status == 202
 
-            broker.stop(kill=True)
+            broker.kill()
             status, took, refused = await _post_timed(client, order_body("c-1", 2))
             assert status == 503
             assert took < deadline + 1.0

@@ -31,39 +31,55 @@ def _services_module() -> ModuleType:
     return module
 
 
-class ThrowawayBroker:
-    """A real single-node Kafka (same jars as `make up`) on its own ports, for fault tests."""
+class ThrowawayCluster:
+    """Real Kafka nodes (same jars as `make up`, KRaft combined mode) on their own ports."""
 
-    def __init__(self, home: Path, base_port: int) -> None:
+    def __init__(self, home: Path, base_port: int, brokers: int = 1) -> None:
         self.services = _services_module()
         self.home = home
         self.base_port = base_port
-        self.bootstrap = f"127.0.0.1:{base_port}"
+        self.brokers = brokers
+        self.bootstrap = ",".join(
+            f"127.0.0.1:{self.services.kafka_ports(node, base_port)[0]}"
+            for node in range(1, brokers + 1)
+        )
 
     def start(self) -> None:
-        self.services.kafka_up(1, self.base_port, self.home)
+        """Start every node that is not running, and wait until all of them answer."""
+        self.services.kafka_up(self.brokers, self.base_port, self.home)
 
-    def stop(self, *, kill: bool = False) -> None:
-        pid_file = self.services.kafka_node_home(self.home, 1) / "broker.pid"
-        if kill:
-            pid = self.services.pid_alive(pid_file)
-            if pid is not None:
-                os.kill(pid, signal.SIGKILL)
-                while self.services.pid_alive(pid_file):
-                    time.sleep(0.05)
-            pid_file.unlink(missing_ok=True)
-        else:
-            self.services.stop_pid(pid_file, "throwaway broker")
+    def _pid_file(self, node: int) -> Path:
+        return Path(self.services.kafka_node_home(self.home, node)) / "broker.pid"
+
+    def kill(self, node: int = 1) -> None:
+        """kill -9: no controlled shutdown, no flush."""
+        pid_file = self._pid_file(node)
+        pid = self.services.pid_alive(pid_file)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            while self.services.pid_alive(pid_file):
+                time.sleep(0.05)
+        pid_file.unlink(missing_ok=True)
+
+    def stop(self, node: int = 1) -> None:
+        """A clean shutdown (SIGTERM, controlled)."""
+        self.services.stop_pid(self._pid_file(node), f"throwaway Kafka node {node}")
+
+    def stop_all(self) -> None:
+        for node in range(1, self.brokers + 1):
+            self.kill(node)
 
 
 @contextmanager
-def throwaway_broker(home: Path, base_port: int = 19192) -> Iterator[ThrowawayBroker]:
-    broker = ThrowawayBroker(home, base_port)
-    broker.start()
+def throwaway_cluster(
+    home: Path, base_port: int = 19192, brokers: int = 1
+) -> Iterator[ThrowawayCluster]:
+    cluster = ThrowawayCluster(home, base_port, brokers)
+    cluster.start()
     try:
-        yield broker
+        yield cluster
     finally:
-        broker.stop(kill=True)
+        cluster.stop_all()
 
 
 class ThrowawayPostgres:
