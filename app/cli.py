@@ -1,4 +1,8 @@
-"""The `orders` command: `orders api`, `orders worker`, `orders migrate`."""
+"""The `orders` command.
+
+Processes: `orders api`, `orders worker`, `orders migrate`.
+Operations: `orders lag`, `orders offsets reset`, `orders dlq list|replay`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from collections.abc import Sequence
 
 from app.errors import ConfigurationError
 from app.logging import configure_logging
+from app.operations import commands as operations
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("orders")
@@ -70,6 +75,34 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply database migrations and create topics")
     migrate.add_argument("--skip-topics", action="store_true", help="only the database")
     migrate.set_defaults(handler=_migrate)
+
+    lag_parser = commands.add_parser("lag", help="per-partition lag of the worker group")
+    lag_parser.set_defaults(handler=operations.lag)
+
+    offsets = commands.add_parser("offsets", help="the worker group's offsets")
+    offsets_commands = offsets.add_subparsers(dest="offsets_command", required=True)
+    reset = offsets_commands.add_parser(
+        "reset", help="move the group's positions (plan, then --execute with workers stopped)"
+    )
+    to = reset.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to-earliest", action="store_true")
+    to.add_argument("--to-latest", action="store_true")
+    to.add_argument("--to-offset", type=int, metavar="N")
+    to.add_argument("--shift-by", type=int, metavar="N", help="negative to replay")
+    reset.add_argument("--partition", type=int, action="append", help="repeatable; default all")
+    reset.add_argument("--execute", action="store_true", help="apply the plan")
+    reset.set_defaults(handler=operations.offsets_reset)
+
+    dlq = commands.add_parser("dlq", help="the dead-letter topic")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
+    listing = dlq_commands.add_parser("list", help="show dead letters with their provenance")
+    listing.add_argument("--start", type=int, default=0, help="first offset (default 0)")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(handler=operations.dlq_list)
+    replay = dlq_commands.add_parser("replay", help="send one dead letter back to the topic")
+    replay.add_argument("--offset", type=int, required=True)
+    replay.add_argument("--execute", action="store_true")
+    replay.set_defaults(handler=operations.dlq_replay)
     return parser
 
 
@@ -81,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"orders: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    if args.command in {"lag", "offsets", "dlq"}:
+        # Operator commands print tables; the client's connection chatter would drown them.
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
     handler = args.handler
     code: int = handler(settings, args)
     return code

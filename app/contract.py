@@ -70,6 +70,10 @@ class OrderEnvelope(BaseModel):
     total: Decimal
     currency: CurrencyCode
     accepted_at: datetime
+    # The API's acknowledgement deadline. The broker stamps each record with its append time
+    # (the topic uses LogAppendTime); a record appended after this instant was answered 503,
+    # and is never processed. Both sides apply the same rule to the same two timestamps.
+    accept_by: datetime
 
     @model_validator(mode="after")
     def _total_matches_items(self) -> OrderEnvelope:
@@ -82,6 +86,21 @@ class OrderEnvelope(BaseModel):
     def key(self) -> bytes:
         """The record key: the customer id, so one customer's orders share a partition."""
         return self.customer_id.encode()
+
+
+# Kafka's record timestamp types (RecordMetadata / ConsumerRecord `timestamp_type`).
+LOG_APPEND_TIME = 1
+
+
+def appended_in_time(envelope: OrderEnvelope, timestamp_ms: int, timestamp_type: int) -> bool:
+    """Whether the broker appended this order before its acceptance deadline.
+
+    Only a broker-stamped (LogAppendTime) timestamp decides; a producer's own timestamp says
+    nothing about when the broker took the record, so such records are taken as in time.
+    """
+    if timestamp_type != LOG_APPEND_TIME:
+        return True
+    return timestamp_ms <= int(envelope.accept_by.timestamp() * 1000)
 
 
 def order_total(items: tuple[OrderLine, ...] | list[OrderLine]) -> Decimal:

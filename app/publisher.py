@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber, ProducerFenced, UnknownProducerId
@@ -68,9 +69,10 @@ async def close_producer(producer: AIOKafkaProducer, timeout: float) -> None:
 class OrderPublisher:
     """Publishes order envelopes; keeps a healthy producer in place, replacing a broken one."""
 
-    def __init__(self, settings: KafkaSettings, ack_deadline_s: float) -> None:
+    def __init__(self, settings: KafkaSettings, ack_deadline_s: float, ack_grace_s: float) -> None:
         self._settings = settings
         self._deadline = ack_deadline_s
+        self._grace = ack_grace_s
         self._producer: AIOKafkaProducer | None = None
         self._broken = asyncio.Event()
         self._connected = asyncio.Event()
@@ -92,6 +94,10 @@ class OrderPublisher:
             await close_producer(self._producer, self._deadline)
             self._producer = None
 
+    def acceptance_deadline(self, accepted_at: datetime) -> datetime:
+        """The instant by which the broker must have appended an order accepted now."""
+        return accepted_at + timedelta(seconds=self._deadline)
+
     @property
     def started(self) -> bool:
         return self._producer is not None and not self._broken.is_set() and self._sender_alive()
@@ -107,14 +113,19 @@ class OrderPublisher:
             return False
 
     async def publish(self, envelope: contract.OrderEnvelope, request_id: str) -> Acknowledgement:
-        """Produce one order and wait for acks=all, or raise BrokerUnavailableError in time."""
+        """Produce one order and wait for acks=all, or raise BrokerUnavailableError in time.
+
+        Accepted means: acknowledged by every in-sync replica AND appended by the broker before
+        the envelope's `accept_by` (the worker discards records appended later, so a late
+        acknowledgement must not become a 202).
+        """
         producer = self._producer
         if producer is None or not self.started:
             msg = "Kafka producer is not connected"
             raise BrokerUnavailableError(msg)
         value, headers = contract.encode(envelope, request_id)
         try:
-            async with asyncio.timeout(self._deadline):
+            async with asyncio.timeout(self._deadline + self._grace):
                 delivery = await producer.send(
                     self._settings.orders_topic, value=value, key=envelope.key, headers=headers
                 )
@@ -130,6 +141,9 @@ class OrderPublisher:
         except KafkaError as exc:
             msg = f"Kafka refused the record: {type(exc).__name__}"
             raise BrokerUnavailableError(msg) from exc
+        if not contract.appended_in_time(envelope, metadata.timestamp, metadata.timestamp_type):
+            msg = "Kafka appended the order after its acceptance deadline; it will not be processed"
+            raise BrokerUnavailableError(msg)
         offset = metadata.offset if metadata.offset >= 0 else None
         return Acknowledgement(partition=metadata.partition, offset=offset)
 

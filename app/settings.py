@@ -71,8 +71,12 @@ class ApiSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
-    # How long a request waits for the broker's acks=all answer before it is refused with 503.
+    # The acceptance deadline: an order the broker has not appended within this long after the
+    # request arrived is refused (503) and never processed, even if it reaches the log later.
     ack_deadline_s: float = Field(default=5.0, gt=0)
+    # How much longer to wait for the acknowledgement of a record appended in time, which is
+    # still in flight at the deadline (without it, the answer would be 503 for a stored order).
+    ack_grace_s: float = Field(default=2.0, ge=0)
     retry_after_s: int = Field(default=2, ge=1)
 
 

@@ -25,6 +25,9 @@ def topic_configs(settings: KafkaSettings) -> dict[str, str]:
         "min.insync.replicas": str(settings.min_insync_replicas),
         # An out-of-sync replica must never become leader: it would drop acknowledged orders.
         "unclean.leader.election.enable": "false",
+        # The broker's clock stamps every record: the API and the worker both compare that
+        # append time with the order's acceptance deadline (see app.contract.appended_in_time).
+        "message.timestamp.type": "LogAppendTime",
     }
 
 

@@ -24,7 +24,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with AsyncExitStack() as stack:
             engine = create_engine(settings.database)
             stack.push_async_callback(engine.dispose)
-            publisher = OrderPublisher(settings.kafka, settings.api.ack_deadline_s)
+            publisher = OrderPublisher(
+                settings.kafka, settings.api.ack_deadline_s, settings.api.ack_grace_s
+            )
             await publisher.start()
             stack.push_async_callback(publisher.stop)
             app.state.resources = Resources(settings, engine, publisher)

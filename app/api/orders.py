@@ -65,16 +65,19 @@ async def accept_order(order: OrderRequest, request: Request) -> Response:
     """Accept an order: answered only after every in-sync replica has it."""
     idempotency_key = optional_header(request, "Idempotency-Key")
     request_id = optional_header(request, "X-Request-ID")
+    publisher = publisher_of(request)
     items = tuple(order.items)
+    accepted_at = datetime.now(UTC)
     envelope = contract.OrderEnvelope(
         order_id=contract.order_id_for(order.customer_id, idempotency_key),
         customer_id=order.customer_id,
         items=items,
         total=contract.order_total(items),
         currency=order.currency,
-        accepted_at=datetime.now(UTC),
+        accepted_at=accepted_at,
+        accept_by=publisher.acceptance_deadline(accepted_at),
     )
-    ack = await publisher_of(request).publish(envelope, request_id or uuid.uuid4().hex)
+    ack = await publisher.publish(envelope, request_id or uuid.uuid4().hex)
     accepted = AcceptedOrder(order_id=envelope.order_id, partition=ack.partition, offset=ack.offset)
     return json_response(accepted, 202, Location=f"/orders/{envelope.order_id}")
 

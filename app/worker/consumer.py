@@ -59,6 +59,7 @@ class WorkerStats:
     records: int = 0
     inserted: int = 0
     dead_lettered: int = 0
+    expired: int = 0
     fenced: int = 0
     retries: int = 0
     positions: dict[int, int] = field(default_factory=dict)
@@ -249,6 +250,7 @@ class OrderWorker:
         self.stats.records += prepared.size
         self.stats.inserted += inserted
         self.stats.dead_lettered += len(prepared.poison)
+        self.stats.expired += prepared.expired
         self.stats.fenced += fenced
         for span in prepared.spans:
             self.stats.positions[span.partition] = span.end
@@ -307,6 +309,7 @@ class PreparedBatch:
     poison: list[tuple[Record, Exception]]
     spans: list[PartitionSpan]
     size: int
+    expired: int = 0
 
     def only(self, assigned: set[TopicPartition]) -> PreparedBatch:
         """The part of the batch on partitions still assigned to this member."""
@@ -319,6 +322,7 @@ class PreparedBatch:
             poison=[(r, e) for r, e in self.poison if r.partition in partitions],
             spans=spans,
             size=sum(span.end - span.start for span in spans),
+            expired=self.expired,
         )
 
 
@@ -330,6 +334,7 @@ _PARSE_SLICE = 100
 async def _prepare(batch: Batch) -> PreparedBatch:
     orders: list[IncomingOrder] = []
     poison: list[tuple[Record, Exception]] = []
+    expired: list[contract.OrderEnvelope] = []
     spans: list[PartitionSpan] = []
     for records in batch.values():
         if not records:
@@ -343,8 +348,20 @@ async def _prepare(batch: Batch) -> PreparedBatch:
             except PoisonRecordError as exc:
                 poison.append((record, exc))
                 continue
+            if not contract.appended_in_time(envelope, record.timestamp, record.timestamp_type):
+                # The API answered 503 for it (it reached the log too late): never processed.
+                expired.append(envelope)
+                continue
             orders.append(IncomingOrder(envelope, record.partition, record.offset))
-    return PreparedBatch(orders, poison, spans, sum(len(r) for r in batch.values()))
+    for envelope in expired:
+        log.warning(
+            "order %s of customer %s reached Kafka after its acceptance deadline %s "
+            "(the client was answered 503): not processed",
+            envelope.order_id,
+            envelope.customer_id,
+            envelope.accept_by.isoformat(),
+        )
+    return PreparedBatch(orders, poison, spans, sum(len(r) for r in batch.values()), len(expired))
 
 
 async def _outcome(task: asyncio.Task[None]) -> BaseException | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -54,10 +53,10 @@ class WorkerPool:
         return [worker.stop() for worker in self.alive[:count]]
 
     def stop_all(self) -> list[int]:
+        """Stop every live worker gracefully; their exit codes. Safe to call twice."""
         codes = [worker.stop() for worker in self.alive]
         for worker in self.workers:
-            if worker.alive():
-                worker.signal(signal.SIGKILL)
+            worker.kill()  # no-op for those already gone; closes every log file
         return codes
 
     def outputs(self) -> str:

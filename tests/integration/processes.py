@@ -72,7 +72,8 @@ class OrdersProcess:
         try:
             code = self.process.wait(timeout)
         finally:
-            self._log.close()
+            if self.process.poll() is not None:
+                self._log.close()
         return code
 
     def output(self) -> str:

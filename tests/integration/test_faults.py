@@ -13,7 +13,7 @@ import json
 import random
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -65,6 +65,20 @@ async def assert_ledger_holds(
     assert await stored_positions(engine, group, topic) == non_empty(ends)
 
 
+@pytest.fixture
+def pools(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerPool]]:
+    """Worker pools that are stopped however the test ends."""
+    made: list[WorkerPool] = []
+
+    def make(settings: Settings) -> WorkerPool:
+        made.append(WorkerPool(settings, tmp_path))
+        return made[-1]
+
+    yield make
+    for pool in made:
+        pool.stop_all()
+
+
 @contextlib.asynccontextmanager
 async def fresh_scenario(
     endpoints: Endpoints, database_url: str, **worker: object
@@ -80,10 +94,15 @@ async def fresh_scenario(
 @pytest.mark.chaos
 @pytest.mark.timeout(900)
 async def test_kill_9_a_random_worker_every_few_seconds(
-    endpoints: Endpoints, database_url: str, engine: AsyncEngine, run_id: str, tmp_path: Path
+    endpoints: Endpoints,
+    database_url: str,
+    engine: AsyncEngine,
+    run_id: str,
+    tmp_path: Path,
+    pools: Callable[[Settings], WorkerPool],
 ) -> None:
     async with fresh_scenario(endpoints, database_url) as settings:
-        pool = WorkerPool(settings, tmp_path)
+        pool = pools(settings)
         pool.start(3)
         expected = Expectations()
         async with watching_positions(engine, settings) as watch, api_client(settings) as client:
@@ -105,10 +124,15 @@ async def test_kill_9_a_random_worker_every_few_seconds(
 
 
 async def test_a_worker_killed_after_its_db_commit_redoes_nothing(
-    endpoints: Endpoints, database_url: str, engine: AsyncEngine, run_id: str, tmp_path: Path
+    endpoints: Endpoints,
+    database_url: str,
+    engine: AsyncEngine,
+    run_id: str,
+    tmp_path: Path,
+    pools: Callable[[Settings], WorkerPool],
 ) -> None:
     async with fresh_scenario(endpoints, database_url, max_records=100) as settings:
-        pool = WorkerPool(settings, tmp_path)
+        pool = pools(settings)
         [doomed] = pool.start(
             1, ORDERS_FAULT_POINT="after_db_commit", ORDERS_FAULT_AFTER_BATCHES="3"
         )
@@ -134,10 +158,15 @@ async def test_a_worker_killed_after_its_db_commit_redoes_nothing(
 
 
 async def test_a_worker_killed_inside_its_transaction_leaves_nothing_partial(
-    endpoints: Endpoints, database_url: str, engine: AsyncEngine, run_id: str, tmp_path: Path
+    endpoints: Endpoints,
+    database_url: str,
+    engine: AsyncEngine,
+    run_id: str,
+    tmp_path: Path,
+    pools: Callable[[Settings], WorkerPool],
 ) -> None:
     async with fresh_scenario(endpoints, database_url, max_records=100) as settings:
-        pool = WorkerPool(settings, tmp_path)
+        pool = pools(settings)
         [doomed] = pool.start(
             1, ORDERS_FAULT_POINT="inside_db_transaction", ORDERS_FAULT_AFTER_BATCHES="2"
         )
@@ -171,12 +200,17 @@ async def test_a_worker_killed_inside_its_transaction_leaves_nothing_partial(
 
 
 async def test_a_frozen_worker_woken_after_a_takeover_is_fenced(
-    endpoints: Endpoints, database_url: str, engine: AsyncEngine, run_id: str, tmp_path: Path
+    endpoints: Endpoints,
+    database_url: str,
+    engine: AsyncEngine,
+    run_id: str,
+    tmp_path: Path,
+    pools: Callable[[Settings], WorkerPool],
 ) -> None:
     async with fresh_scenario(
         endpoints, database_url, max_records=50, idle_in_transaction_timeout_s=10
     ) as settings:
-        pool = WorkerPool(settings, tmp_path)
+        pool = pools(settings)
         [zombie] = pool.start(
             1,
             ORDERS_FAULT_POINT="before_db_transaction",
@@ -222,10 +256,15 @@ async def test_a_frozen_worker_woken_after_a_takeover_is_fenced(
 @pytest.mark.chaos
 @pytest.mark.timeout(900)
 async def test_a_rebalance_storm_1_to_4_to_1_workers(
-    endpoints: Endpoints, database_url: str, engine: AsyncEngine, run_id: str, tmp_path: Path
+    endpoints: Endpoints,
+    database_url: str,
+    engine: AsyncEngine,
+    run_id: str,
+    tmp_path: Path,
+    pools: Callable[[Settings], WorkerPool],
 ) -> None:
     async with fresh_scenario(endpoints, database_url, max_records=200) as settings:
-        pool = WorkerPool(settings, tmp_path)
+        pool = pools(settings)
         pool.start(1)
         expected = Expectations()
         async with watching_positions(engine, settings) as watch, api_client(settings) as client:
@@ -271,19 +310,27 @@ def replicated(settings: Settings) -> Settings:
 @pytest.mark.chaos
 @pytest.mark.timeout(900)
 async def test_killing_the_busiest_leader_five_times_loses_no_acknowledged_order(
-    endpoints: Endpoints, database_url: str, engine: AsyncEngine, run_id: str, tmp_path: Path
+    endpoints: Endpoints,
+    database_url: str,
+    engine: AsyncEngine,
+    run_id: str,
+    tmp_path: Path,
+    pools: Callable[[Settings], WorkerPool],
 ) -> None:
     with throwaway_cluster(tmp_path / "kafka", base_port=19292, brokers=3) as cluster:
         where = Endpoints(cluster.bootstrap, endpoints.database_url, "3 brokers")
         settings = replicated(make_settings(where, database_url, **FAST_GROUP))
         await ensure_topics(settings.kafka)
-        pool = WorkerPool(settings, tmp_path)
+        pool = pools(settings)
         pool.start(2)
         expected = Expectations()
         async with api_client(settings) as client:
             load = asyncio.create_task(
                 place_orders(
-                    client, expected, customers_for(run_id, 100), per_customer=50,
+                    client,
+                    expected,
+                    customers_for(run_id, 100),
+                    per_customer=50,
                     retry_unavailable=True,
                 )
             )
@@ -301,13 +348,18 @@ async def test_killing_the_busiest_leader_five_times_loses_no_acknowledged_order
 @pytest.mark.chaos
 @pytest.mark.timeout(900)
 async def test_two_of_three_brokers_down_means_503_never_202(
-    endpoints: Endpoints, database_url: str, engine: AsyncEngine, run_id: str, tmp_path: Path
+    endpoints: Endpoints,
+    database_url: str,
+    engine: AsyncEngine,
+    run_id: str,
+    tmp_path: Path,
+    pools: Callable[[Settings], WorkerPool],
 ) -> None:
     with throwaway_cluster(tmp_path / "kafka", base_port=19392, brokers=3) as cluster:
         where = Endpoints(cluster.bootstrap, endpoints.database_url, "3 brokers")
         settings = replicated(make_settings(where, database_url, **FAST_GROUP))
         await ensure_topics(settings.kafka)
-        pool = WorkerPool(settings, tmp_path)
+        pool = pools(settings)
         pool.start(1)
         expected = Expectations()
         customers = customers_for(run_id, 30)
@@ -326,10 +378,14 @@ async def test_two_of_three_brokers_down_means_503_never_202(
             await place_orders(client, expected, customers, per_customer=20, retry_unavailable=True)
         await assert_ledger_holds("two brokers down", engine, settings, expected, 640)
         # Refused means refused: none of the orders answered 503 was stored later on.
-        refused = await check_ledger(engine, Expectations(accepted={c: [] for c in outage.accepted}))
+        refused = await check_ledger(
+            engine, Expectations(accepted={c: [] for c in outage.accepted})
+        )
         async with engine.connect() as connection:
             leaked = await connection.scalar(
-                select(func.count()).select_from(orders).where(orders.c.order_id.in_(outage.refused))
+                select(func.count())
+                .select_from(orders)
+                .where(orders.c.order_id.in_(outage.refused))
             )
         assert leaked == 0, f"{leaked} refused orders were stored ({refused})"
         pool.stop_all()
@@ -339,13 +395,18 @@ async def test_two_of_three_brokers_down_means_503_never_202(
 
 
 async def test_broker_killed_mid_flight_clients_retrying_end_with_one_order_each(
-    endpoints: Endpoints, database_url: str, engine: AsyncEngine, run_id: str, tmp_path: Path
+    endpoints: Endpoints,
+    database_url: str,
+    engine: AsyncEngine,
+    run_id: str,
+    tmp_path: Path,
+    pools: Callable[[Settings], WorkerPool],
 ) -> None:
     with throwaway_cluster(tmp_path / "kafka", base_port=19492) as broker:
         where = Endpoints(broker.bootstrap, endpoints.database_url, "1 broker")
         settings = make_settings(where, database_url, **FAST_GROUP)
         await ensure_topics(settings.kafka)
-        pool = WorkerPool(settings, tmp_path)
+        pool = pools(settings)
         pool.start(1)
         expected = Expectations()
         unavailable = 0
@@ -361,7 +422,10 @@ async def test_broker_killed_mid_flight_clients_retrying_end_with_one_order_each
             client.post = counting_post  # type: ignore[method-assign]
             load = asyncio.create_task(
                 place_orders(
-                    client, expected, customers_for(run_id, 50), per_customer=30,
+                    client,
+                    expected,
+                    customers_for(run_id, 50),
+                    per_customer=30,
                     retry_unavailable=True,
                 )
             )
@@ -381,14 +445,17 @@ async def test_broker_killed_mid_flight_clients_retrying_end_with_one_order_each
 @pytest.mark.chaos
 @pytest.mark.timeout(900)
 async def test_postgres_down_for_30s_under_load(
-    endpoints: Endpoints, run_id: str, tmp_path: Path
+    endpoints: Endpoints,
+    run_id: str,
+    tmp_path: Path,
+    pools: Callable[[Settings], WorkerPool],
 ) -> None:
     with throwaway_postgres(port=55433) as database:
         settings = make_settings(endpoints, database.url, retry_backoff_max_s=2.0, **FAST_GROUP)
         await asyncio.to_thread(upgrade_database, settings.database)
         await ensure_topics(settings.kafka)
         engine = create_engine(DatabaseSettings(url=database.url))  # type: ignore[arg-type]
-        pool = WorkerPool(settings, tmp_path)
+        pool = pools(settings)
         pool.start(2)
         expected = Expectations()
         customers = customers_for(run_id, 50)
@@ -414,10 +481,15 @@ async def test_postgres_down_for_30s_under_load(
 
 
 async def test_poison_mixed_into_the_stream_blocks_no_partition(
-    endpoints: Endpoints, database_url: str, engine: AsyncEngine, run_id: str, tmp_path: Path
+    endpoints: Endpoints,
+    database_url: str,
+    engine: AsyncEngine,
+    run_id: str,
+    tmp_path: Path,
+    pools: Callable[[Settings], WorkerPool],
 ) -> None:
     async with fresh_scenario(endpoints, database_url) as settings:
-        pool = WorkerPool(settings, tmp_path)
+        pool = pools(settings)
         pool.start(2)
         expected = Expectations()
         customers = customers_for(run_id, 60)
@@ -432,13 +504,18 @@ async def test_poison_mixed_into_the_stream_blocks_no_partition(
                     place_orders(client, expected, customers, per_customer=30)
                 )
                 while not load.done():
-                    bad = random.choice(
-                        [
-                            b"\x00\x01 not json",
-                            json.dumps({"schema_version": 7}).encode(),
-                            json.dumps({"schema_version": 1, "order_id": str(uuid.uuid4())}).encode(),
-                        ]
-                    ) + f" #{len(poison)}".encode()
+                    bad = (
+                        random.choice(
+                            [
+                                b"\x00\x01 not json",
+                                json.dumps({"schema_version": 7}).encode(),
+                                json.dumps(
+                                    {"schema_version": 1, "order_id": str(uuid.uuid4())}
+                                ).encode(),
+                            ]
+                        )
+                        + f" #{len(poison)}".encode()
+                    )
                     await producer.send_and_wait(
                         settings.kafka.orders_topic, bad, key=random.choice(customers).encode()
                     )

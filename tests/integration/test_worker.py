@@ -6,7 +6,7 @@ import asyncio
 import json
 import signal
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -28,17 +28,8 @@ from tests.integration.ledger import (
 )
 from tests.integration.load import customers_for, place_orders
 from tests.integration.processes import OrdersProcess
+from tests.integration.waiting import eventually
 from tests.integration.worker_harness import committed_offsets, worker_running
-
-
-async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.25) -> bool:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(interval)
-    return bool(await predicate())
 
 
 async def test_5000_orders_for_100_customers_are_stored_once_each_in_order(
@@ -93,21 +84,17 @@ async def test_redelivered_records_change_nothing(
             .values(next_offset=0)
         )
     async with worker_running(settings, engine) as replay:
-        assert await wait_for(lambda: _async(replay.stats.records >= 300))
+        assert await eventually(lambda: replay.stats.records >= 300)
     assert replay.stats.inserted == 0
     # A member of another group replays the same records into the same database.
     other = settings.model_copy(
         update={"worker": settings.worker.model_copy(update={"group_id": f"other-{run_id}"})}
     )
     async with worker_running(other, engine) as stranger:
-        assert await wait_for(lambda: _async(stranger.stats.records >= 300))
+        assert await eventually(lambda: stranger.stats.records >= 300)
     assert stranger.stats.inserted == 0
     assert await snapshot() == before
     assert (await check_ledger(engine, expected)).holds
-
-
-async def _async(value: bool) -> bool:
-    return value
 
 
 async def test_workers_joining_and_leaving_mid_stream_keep_the_ledger(
@@ -140,15 +127,17 @@ async def test_workers_joining_and_leaving_mid_stream_keep_the_ledger(
     assert report.holds, str(report)
 
 
-def _envelope_bytes(customer: str, n: int) -> bytes:
+def _envelope_bytes(customer: str, n: int, deadline_s: float = 60.0) -> bytes:
     items = (contract.OrderLine(sku="p", quantity=1, unit_price=Decimal(n)),)
+    now = datetime.now(UTC)
     envelope = contract.OrderEnvelope(
         order_id=contract.order_id_for(customer, f"direct-{n}"),
         customer_id=customer,
         items=items,
         total=contract.order_total(items),
         currency="USD",
-        accepted_at=datetime.now(UTC),
+        accepted_at=now,
+        accept_by=now + timedelta(seconds=deadline_s),
     )
     return contract.encode(envelope, "direct")[0]
 
@@ -188,7 +177,7 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_the_rest_flows(
 
     async with worker_running(settings, engine) as worker:
         assert await wait_until_stored(engine, expected) == 10
-        assert await wait_for(lambda: _async(worker.stats.dead_lettered == 3))
+        assert await eventually(lambda: worker.stats.dead_lettered == 3)
     assert (await check_ledger(engine, expected)).holds
 
     dead = await read_topic(settings.kafka.bootstrap_servers, settings.kafka.dlq_topic)
@@ -267,3 +256,37 @@ async def test_processed_orders_are_served_by_the_api(
             if cursor is None:
                 break
     assert seen == [str(order_id) for order_id in expected.accepted[customer]]
+
+
+async def test_an_order_appended_after_its_acceptance_deadline_is_never_processed(
+    settings: Settings, engine: AsyncEngine, run_id: str
+) -> None:
+    """What happens to a record the API gave up on (503) that the producer still delivered."""
+    customer = f"{run_id}-late"
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap_servers, enable_idempotence=True
+    )
+    await producer.start()
+    try:
+        late = await producer.send_and_wait(
+            settings.kafka.orders_topic,
+            _envelope_bytes(customer, 0, deadline_s=-1.0),
+            key=customer.encode(),
+        )
+        on_time = await producer.send_and_wait(
+            settings.kafka.orders_topic, _envelope_bytes(customer, 1), key=customer.encode()
+        )
+    finally:
+        await producer.stop()
+    assert late.timestamp_type == on_time.timestamp_type == contract.LOG_APPEND_TIME
+
+    expected = Expectations()
+    expected.accept(customer, contract.order_id_for(customer, "direct-1"))
+    async with worker_running(settings, engine) as worker:
+        assert await wait_until_stored(engine, expected) == 1
+        assert await eventually(lambda: worker.stats.expired == 1)
+    report = await check_ledger(engine, expected)
+    assert report.holds, str(report)  # the late one is not there: "unexpected" would say so
+    assert await stored_positions(
+        engine, settings.worker.group_id, settings.kafka.orders_topic
+    ) == {late.partition: on_time.offset + 1}

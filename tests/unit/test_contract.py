@@ -23,6 +23,7 @@ def envelope(**overrides: object) -> OrderEnvelope:
         "total": contract.order_total(items),
         "currency": "EUR",
         "accepted_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "accept_by": datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC),
     }
     fields.update(overrides)
     return OrderEnvelope.model_validate(fields)
@@ -85,3 +86,12 @@ def test_unknown_fields_are_poison() -> None:
     extended = {**json.loads(value), "surprise": True}
     with pytest.raises(PoisonRecordError, match="surprise"):
         contract.decode(json.dumps(extended).encode())
+
+
+def test_only_a_broker_append_time_after_the_deadline_refuses_an_order() -> None:
+    order = envelope()
+    deadline_ms = int(order.accept_by.timestamp() * 1000)
+    assert contract.appended_in_time(order, deadline_ms, contract.LOG_APPEND_TIME)
+    assert not contract.appended_in_time(order, deadline_ms + 1, contract.LOG_APPEND_TIME)
+    # A producer's own (CreateTime) timestamp says nothing about when the broker took it.
+    assert contract.appended_in_time(order, deadline_ms + 60_000, 0)

@@ -1,0 +1,1 @@
+"""What operators run against a live deployment: lag, offset resets, dead letters."""

@@ -1,0 +1,124 @@
+"""Operator commands against the real services: lag, offset resets, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.operations.dead_letters import REPLAYED_FROM, list_dead_letters, replay_dead_letter
+from app.operations.lag import group_lag
+from app.operations.offsets import ResetRefusedError, Target, apply_reset, plan_reset
+from app.settings import Settings
+from tests.integration.api_client import api_client
+from tests.integration.kafka_tools import end_offsets, non_empty, read_topic
+from tests.integration.ledger import Expectations, check_ledger, stored_positions, wait_until_stored
+from tests.integration.load import customers_for, place_orders
+from tests.integration.processes import settings_env
+from tests.integration.waiting import eventually
+from tests.integration.worker_harness import committed_offsets, worker_running
+
+ORDERS = str(Path(sys.executable).with_name("orders"))
+
+
+async def test_lag_shows_stored_committed_and_log_end(
+    settings: Settings, engine: AsyncEngine, run_id: str
+) -> None:
+    expected = Expectations()
+    async with api_client(settings) as client:
+        await place_orders(client, expected, customers_for(run_id, 12), per_customer=10)
+    before = {row.partition: row for row in await group_lag(settings, engine)}
+    assert sum(row.lag for row in before.values()) == 120
+    assert all(row.stored is None for row in before.values())
+
+    async with worker_running(settings, engine):
+        assert await wait_until_stored(engine, expected) == 120
+    after = await group_lag(settings, engine)
+    assert sum(row.lag for row in after) == 0
+    assert all(row.stored == row.committed == row.log_end for row in after if row.log_end)
+
+    shown = (
+        await asyncio.to_thread(
+            subprocess.run,
+            [ORDERS, "lag"],
+            env=settings_env(settings),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    ).stdout
+    assert f"group {settings.worker.group_id}" in shown
+    assert shown.strip().splitlines()[-1].split() == ["total", "0"]
+
+
+async def test_an_offset_reset_is_refused_while_workers_run_then_replays_harmlessly(
+    settings: Settings, engine: AsyncEngine, run_id: str
+) -> None:
+    expected = Expectations()
+    async with api_client(settings) as client:
+        await place_orders(client, expected, customers_for(run_id, 10), per_customer=10)
+    async with worker_running(settings, engine) as worker:
+        assert await wait_until_stored(engine, expected) == 100
+        moves = await plan_reset(settings, engine, Target("earliest"), None)
+        assert {m.new for m in moves} == {0}
+        with pytest.raises(ResetRefusedError, match="active member"):
+            await apply_reset(settings, engine, moves)
+    assert worker.stats.inserted == 100
+
+    await apply_reset(settings, engine, moves)
+    group, topic = settings.worker.group_id, settings.kafka.orders_topic
+    assert set((await stored_positions(engine, group, topic)).values()) == {0}
+    assert set((await committed_offsets(settings)).values()) == {0}
+
+    async with worker_running(settings, engine) as replay:
+        assert await wait_until_stored(engine, expected) == 100
+        ends = non_empty(await end_offsets(settings.kafka.bootstrap_servers, topic))
+        assert await eventually(lambda: sum(replay.stats.positions.values()) == sum(ends.values()))
+    # (the reset wrote a position for every partition, the empty ones at 0)
+    assert non_empty(await stored_positions(engine, group, topic)) == ends
+    assert replay.stats.records == 100
+    assert replay.stats.inserted == 0  # replayed, absorbed
+    assert (await check_ledger(engine, expected)).holds
+
+    # --shift-by on one partition, planned against the stored position, clamped to the log.
+    [one] = [m.partition for m in moves if ends.get(m.partition)][:1]
+    [shift] = await plan_reset(settings, engine, Target("shift", -5), [one])
+    assert (shift.current, shift.new) == (ends[one], max(ends[one] - 5, 0))
+
+
+async def test_dead_letters_are_listed_with_their_origin_and_can_be_replayed(
+    settings: Settings, engine: AsyncEngine, run_id: str
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await producer.start()
+    try:
+        bad = await producer.send_and_wait(
+            settings.kafka.orders_topic,
+            b"{broken",
+            key=f"{run_id}-x".encode(),
+            headers=[("request-id", b"r-9")],
+        )
+    finally:
+        await producer.stop()
+    async with worker_running(settings, engine) as worker:
+        assert await eventually(lambda: worker.stats.dead_lettered == 1)
+        [letter] = await list_dead_letters(settings.kafka)
+        assert letter.origin == f"{settings.kafka.orders_topic}/{bad.partition}@{bad.offset}"
+        assert letter.headers["dlq.error.class"] == "PoisonRecordError"
+        assert letter.value == b"{broken"
+
+        partition, offset = await replay_dead_letter(settings.kafka, letter.offset)
+        assert partition == bad.partition  # same key, same partition
+        assert offset > bad.offset
+        # Still poison: dead-lettered again.
+        assert await eventually(lambda: worker.stats.dead_lettered == 2)
+    dead = await read_topic(settings.kafka.bootstrap_servers, settings.kafka.dlq_topic)
+    replayed = {key: value.decode() for key, value in dead[1].headers}
+    assert replayed[REPLAYED_FROM] == str(letter.offset)
+    assert replayed["request-id"] == "r-9"
+    assert replayed["dlq.original.offset"] == str(offset)
