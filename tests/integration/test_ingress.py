@@ -167,7 +167,8 @@ async def test_broker_down_gives_503_in_time_and_recovers_without_restart(
         from app.topics import ensure_topics
 
         await ensure_topics(settings.kafka)
-        deadline = settings.api.ack_deadline_s
+        # The API waits the acceptance deadline, plus the grace for an acknowledgement in flight.
+        deadline = settings.api.ack_deadline_s + settings.api.ack_grace_s
         async with api_client(settings) as client:
             status, _, _ = await _post_timed(client, order_body("c-1", 1))
             assert status == 202
