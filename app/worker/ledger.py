@@ -88,20 +88,34 @@ _LOCK_POSITIONS = text(
     """
 ).bindparams(bindparam("partitions", type_=ARRAY(INTEGER)))
 
+# The batch as a relation: one array per column, bound to unnest().
+_INCOMING = """incoming AS (
+        SELECT * FROM unnest(
+            CAST(:order_ids AS uuid[]), :customer_ids, :items, CAST(:totals AS numeric[]),
+            :currencies, CAST(:accepted_ats AS timestamptz[]), :partitions, :offsets
+        ) AS t(order_id, customer_id, items, total, currency, accepted_at,
+               kafka_partition, kafka_offset)
+    )"""
+
+
+def _last_stored(orders: str) -> str:
+    """Each customer's highest stored sequence (0 for a new customer), for `orders`' customers."""
+    return f"""last_stored AS (
+        SELECT c.customer_id,
+               coalesce((SELECT max(o.sequence) FROM orders AS o
+                         WHERE o.customer_id = c.customer_id), 0) AS sequence
+        FROM (SELECT DISTINCT customer_id FROM {orders}) AS c
+    )"""
+
+
 # Each customer's orders live on one partition (keyed by customer id), so numbering a customer's
 # new orders by offset is numbering them in the order Kafka accepted them. The next number comes
 # from the customer's highest stored sequence (a backward scan of the unique index on
 # (customer_id, sequence)); that unique constraint, not a lock, is what makes two writers that
 # ever raced for one customer fail and retry instead of storing the same number twice.
 _INSERT_ORDERS = text(
-    """
-    WITH incoming AS (
-        SELECT * FROM unnest(
-            CAST(:order_ids AS uuid[]), :customer_ids, :items, CAST(:totals AS numeric[]),
-            :currencies, CAST(:accepted_ats AS timestamptz[]), :partitions, :offsets
-        ) AS t(order_id, customer_id, items, total, currency, accepted_at,
-               kafka_partition, kafka_offset)
-    ),
+    f"""
+    WITH {_INCOMING},
     fresh AS (
         SELECT DISTINCT ON (i.order_id) i.*
         FROM incoming AS i
@@ -114,12 +128,7 @@ _INSERT_ORDERS = text(
         ) AS n
         FROM fresh AS f
     ),
-    last_stored AS (
-        SELECT c.customer_id,
-               coalesce((SELECT max(o.sequence) FROM orders AS o
-                         WHERE o.customer_id = c.customer_id), 0) AS sequence
-        FROM (SELECT DISTINCT customer_id FROM fresh) AS c
-    )
+    {_last_stored("fresh")}
     INSERT INTO orders (order_id, customer_id, sequence, items, total, currency, accepted_at,
                         kafka_partition, kafka_offset)
     SELECT n.order_id, n.customer_id, l.sequence + n.n, CAST(n.items AS jsonb),
@@ -132,20 +141,9 @@ _INSERT_ORDERS = text(
 # It skips the anti-join and numbers every order of the batch; if one turns out to be stored
 # already, the primary key refuses the insert and the careful statement above runs instead.
 _INSERT_NEW_ORDERS = text(
-    """
-    WITH incoming AS (
-        SELECT * FROM unnest(
-            CAST(:order_ids AS uuid[]), :customer_ids, :items, CAST(:totals AS numeric[]),
-            :currencies, CAST(:accepted_ats AS timestamptz[]), :partitions, :offsets
-        ) AS t(order_id, customer_id, items, total, currency, accepted_at,
-               kafka_partition, kafka_offset)
-    ),
-    last_stored AS (
-        SELECT c.customer_id,
-               coalesce((SELECT max(o.sequence) FROM orders AS o
-                         WHERE o.customer_id = c.customer_id), 0) AS sequence
-        FROM (SELECT DISTINCT customer_id FROM incoming) AS c
-    )
+    f"""
+    WITH {_INCOMING},
+    {_last_stored("incoming")}
     INSERT INTO orders (order_id, customer_id, sequence, items, total, currency, accepted_at,
                         kafka_partition, kafka_offset)
     SELECT i.order_id, i.customer_id,

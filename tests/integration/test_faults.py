@@ -123,6 +123,20 @@ async def test_kill_9_a_random_worker_every_few_seconds(
 # --- 2. killed between the DB commit and the Kafka commit -------------------------------------
 
 
+async def load_until_killed_at(
+    point: str, after_batches: int, pool: WorkerPool, settings: Settings, run_id: str
+) -> Expectations:
+    """1,000 orders for 40 customers, and a lone worker that SIGKILLs itself at `point`."""
+    [doomed] = pool.start(
+        1, ORDERS_FAULT_POINT=point, ORDERS_FAULT_AFTER_BATCHES=str(after_batches)
+    )
+    expected = Expectations()
+    async with api_client(settings) as client:
+        await place_orders(client, expected, customers_for(run_id, 40), per_customer=25)
+    assert await asyncio.to_thread(doomed.wait, 60) == -signal.SIGKILL
+    return expected
+
+
 async def test_a_worker_killed_after_its_db_commit_redoes_nothing(
     endpoints: Endpoints,
     database_url: str,
@@ -133,13 +147,7 @@ async def test_a_worker_killed_after_its_db_commit_redoes_nothing(
 ) -> None:
     async with fresh_scenario(endpoints, database_url, max_records=100) as settings:
         pool = pools(settings)
-        [doomed] = pool.start(
-            1, ORDERS_FAULT_POINT="after_db_commit", ORDERS_FAULT_AFTER_BATCHES="3"
-        )
-        expected = Expectations()
-        async with api_client(settings) as client:
-            await place_orders(client, expected, customers_for(run_id, 40), per_customer=25)
-        assert await asyncio.to_thread(doomed.wait, 60) == -signal.SIGKILL
+        expected = await load_until_killed_at("after_db_commit", 3, pool, settings, run_id)
         group, topic = settings.worker.group_id, settings.kafka.orders_topic
         in_db = await stored_positions(engine, group, topic)
         in_kafka = await committed_offsets(settings)
@@ -167,13 +175,7 @@ async def test_a_worker_killed_inside_its_transaction_leaves_nothing_partial(
 ) -> None:
     async with fresh_scenario(endpoints, database_url, max_records=100) as settings:
         pool = pools(settings)
-        [doomed] = pool.start(
-            1, ORDERS_FAULT_POINT="inside_db_transaction", ORDERS_FAULT_AFTER_BATCHES="2"
-        )
-        expected = Expectations()
-        async with api_client(settings) as client:
-            await place_orders(client, expected, customers_for(run_id, 40), per_customer=25)
-        assert await asyncio.to_thread(doomed.wait, 60) == -signal.SIGKILL
+        expected = await load_until_killed_at("inside_db_transaction", 2, pool, settings, run_id)
 
         # Nothing partial: on each partition, exactly the orders below the stored position.
         group, topic = settings.worker.group_id, settings.kafka.orders_topic
@@ -432,9 +434,11 @@ async def test_broker_killed_mid_flight_clients_retrying_end_with_one_order_each
                     retry_unavailable=True,
                 )
             )
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(1.0)
+            assert not load.done()
             broker.kill()
-            await asyncio.sleep(3.0)
+            # Down for longer than the acceptance deadline plus grace: in-flight requests get 503.
+            await asyncio.sleep(settings.api.ack_deadline_s + settings.api.ack_grace_s + 1)
             await asyncio.to_thread(broker.start)
             await asyncio.wait_for(load, 240)
         assert unavailable > 0  # requests in flight were answered 503, and retried
