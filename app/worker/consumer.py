@@ -2,8 +2,9 @@
 
 The order of events for every batch is the whole design:
 
-    getmany -> poison records to the DLQ (acked) -> ONE PostgreSQL transaction (orders +
-    fenced positions) -> COMMIT -> Kafka commit of exactly the processed offsets (last + 1)
+    getmany -> ONE PostgreSQL transaction (lock the positions, check the fence, dead-letter the
+    poison (acked), insert the orders, move the positions) -> COMMIT -> Kafka commit of exactly
+    the processed offsets (last + 1)
 
 A crash anywhere before the PostgreSQL COMMIT redoes the batch; a crash after it redoes nothing,
 because the positions in PostgreSQL say where to resume and order ids absorb redeliveries.
@@ -38,7 +39,13 @@ from app.errors import PoisonRecordError
 from app.settings import Settings
 from app.worker import faults
 from app.worker.dead_letters import DeadLetterPublisher
-from app.worker.ledger import IncomingOrder, PartitionSpan, read_positions, record_batch
+from app.worker.ledger import (
+    IncomingOrder,
+    PartitionSpan,
+    claim_partitions,
+    read_positions,
+    store_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,18 +186,23 @@ class OrderWorker:
             prepared = prepared.only(self._consumer.assignment())
             if not prepared.spans:
                 return
-            if prepared.poison:
-                await self._dead_letters.publish(prepared.poison)
-                faults.hit("after_dead_letter")
             faults.hit("before_db_transaction")
+            scope = {"group_id": self._group, "topic": self._topic, "owner": self.name}
             async with self.engine.begin() as connection:
-                result = await record_batch(
+                fenced = await claim_partitions(connection, **scope, spans=prepared.spans)
+                # Dead letters go out while this member holds the positions' locks, and only
+                # for partitions it still owns: a fenced batch dead-letters nothing. (A crash
+                # between their acks and the COMMIT below can still send one twice.)
+                poison = [(r, e) for r, e in prepared.poison if r.partition not in fenced]
+                if poison:
+                    await self._dead_letters.publish(poison)
+                    faults.hit("after_dead_letter")
+                result = await store_batch(
                     connection,
-                    group_id=self._group,
-                    topic=self._topic,
-                    owner=self.name,
+                    **scope,
                     spans=prepared.spans,
                     orders=prepared.orders,
+                    fenced=fenced,
                 )
                 faults.hit("inside_db_transaction")
             faults.hit("after_db_commit")

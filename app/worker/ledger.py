@@ -183,16 +183,19 @@ async def read_positions(
     return {row.partition: row.next_offset for row in result}
 
 
-async def record_batch(
+async def claim_partitions(
     connection: AsyncConnection,
     *,
     group_id: str,
     topic: str,
     owner: str,
     spans: Sequence[PartitionSpan],
-    orders: Sequence[IncomingOrder],
-) -> BatchResult:
-    """Apply one batch inside the caller's transaction. See the module docstring."""
+) -> dict[int, int]:
+    """Lock this group's positions of the batch's partitions (step 1 of the module docstring).
+
+    Returns the fenced partitions, each with the stored position the batch did not begin at.
+    The locks are held until the caller's transaction ends.
+    """
     scope = {"group_id": group_id, "topic": topic, "owner": owner}
     partitions = [span.partition for span in spans]
     await connection.execute(
@@ -200,17 +203,30 @@ async def record_batch(
     )
     locked = await connection.execute(_LOCK_POSITIONS, {**scope, "partitions": partitions})
     stored = {row.partition: row.next_offset for row in locked}
-    fenced = {s.partition: stored[s.partition] for s in spans if stored[s.partition] != s.start}
+    return {s.partition: stored[s.partition] for s in spans if stored[s.partition] != s.start}
+
+
+async def store_batch(
+    connection: AsyncConnection,
+    *,
+    group_id: str,
+    topic: str,
+    owner: str,
+    spans: Sequence[PartitionSpan],
+    orders: Sequence[IncomingOrder],
+    fenced: dict[int, int],
+) -> BatchResult:
+    """Insert the new orders and move the positions of the unfenced partitions (steps 2, 3)."""
     accepted = [order for order in orders if order.partition not in fenced]
-    inserted = 0
-    if accepted:
-        inserted = await _insert_orders(connection, accepted)
+    inserted = await _insert_orders(connection, accepted) if accepted else 0
     moving = [span for span in spans if span.partition not in fenced]
     if moving:
         await connection.execute(
             _ADVANCE_POSITIONS,
             {
-                **scope,
+                "group_id": group_id,
+                "topic": topic,
+                "owner": owner,
                 "partitions": [span.partition for span in moving],
                 "ends": [span.end for span in moving],
             },
