@@ -12,6 +12,7 @@ from app.api.deps import Resources
 from app.api.guard import RequestGuard
 from app.api.problems import install_problem_handlers
 from app.db.engine import create_engine
+from app.gc_tuning import tune_gc_for_throughput
 from app.publisher import OrderPublisher
 from app.settings import Settings, get_settings
 
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await publisher.start()
             stack.push_async_callback(publisher.stop)
             app.state.resources = Resources(settings, engine, publisher)
+            tune_gc_for_throughput()
             yield
 
     app = FastAPI(

@@ -15,6 +15,7 @@ import signal
 from aiokafka.errors import KafkaError
 
 from app.db.engine import create_engine
+from app.gc_tuning import tune_gc_for_throughput
 from app.settings import Settings
 from app.worker.consumer import OrderWorker, stop_quietly
 
@@ -42,6 +43,7 @@ async def run_worker(settings: Settings) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         await _start_with_retries(worker, settings)
+        tune_gc_for_throughput()
         await worker.run()
     finally:
         try:
