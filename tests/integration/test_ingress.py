@@ -10,6 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from app import contract
 from app.settings import Settings
 from tests.integration.api_client import api_client, order_body
@@ -192,3 +194,45 @@ async def test_broker_down_gives_503_in_time_and_recovers_without_restart(
             assert recovered is not None
             assert recovered.status_code == 202
             assert (await client.get("/readyz")).json()["checks"]["kafka"] is True
+
+
+async def test_a_broken_producer_is_replaced_and_readiness_reports_it_meanwhile(
+    settings: Settings,
+) -> None:
+    from aiokafka.errors import OutOfOrderSequenceNumber
+
+    async with api_client(settings) as client:
+        transport = client._transport
+        assert isinstance(transport, httpx.ASGITransport)
+        publisher = transport.app.state.resources.publisher  # type: ignore[attr-defined]
+
+        # A fatal sequence error: this request gets 503, the producer is thrown away.
+        broken = publisher._producer
+        original_send = broken.send
+
+        async def send_out_of_order(*args: Any, **kwargs: Any) -> Any:
+            raise OutOfOrderSequenceNumber
+
+        broken.send = send_out_of_order
+        refused = await client.post("/orders", json=order_body("c-9"))
+        assert refused.status_code == 503
+        assert (await client.get("/readyz")).json()["checks"]["kafka"] is False
+        for _ in range(100):
+            if publisher._producer not in (None, broken):
+                break
+            await asyncio.sleep(0.1)
+        assert publisher._producer is not broken
+        broken.send = original_send
+        assert (await client.post("/orders", json=order_body("c-9"))).status_code == 202
+
+        # A dead sender task (nothing would ever be delivered): replaced the same way.
+        replaced = publisher._producer
+        replaced._sender.sender_task.cancel()
+        await asyncio.sleep(0)
+        assert (await client.get("/readyz")).json()["checks"]["kafka"] is False
+        for _ in range(100):
+            if (await client.get("/readyz")).json()["checks"]["kafka"]:
+                break
+            await asyncio.sleep(0.1)
+        assert publisher._producer is not replaced
+        assert (await client.post("/orders", json=order_body("c-9"))).status_code == 202
