@@ -8,12 +8,19 @@ version so tools (and a future v2 worker) can route records without parsing the 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Final, Literal
 
 import pycountry
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from app.errors import PoisonRecordError
 
@@ -69,11 +76,11 @@ class OrderEnvelope(BaseModel):
     items: tuple[OrderLine, ...] = Field(min_length=1, max_length=100)
     total: Decimal
     currency: CurrencyCode
-    accepted_at: datetime
+    accepted_at: AwareDatetime
     # The API's acknowledgement deadline. The broker stamps each record with its append time
     # (the topic uses LogAppendTime); a record appended after this instant was answered 503,
     # and is never processed. Both sides apply the same rule to the same two timestamps.
-    accept_by: datetime
+    accept_by: AwareDatetime
 
     @model_validator(mode="after")
     def _total_matches_items(self) -> OrderEnvelope:

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber, ProducerFenced, UnknownProducerId
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
 from app import contract
 from app.errors import BrokerUnavailableError
@@ -32,7 +38,7 @@ FATAL_PRODUCER_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, ProducerFe
 @dataclass(frozen=True)
 class Acknowledgement:
     partition: int
-    offset: int | None  # None when the broker reported a duplicate sequence without an offset
+    offset: int
 
 
 def build_producer(settings: KafkaSettings) -> AIOKafkaProducer:
@@ -62,6 +68,10 @@ async def close_producer(producer: AIOKafkaProducer, timeout: float) -> None:
         sender = getattr(producer, "_sender", None)
         if sender is not None and sender.sender_task is not None:
             sender.sender_task.cancel()
+        # ...and fail what it still holds, or stop()'s accumulator-close task waits forever.
+        accumulator = getattr(producer, "_message_accumulator", None)
+        if accumulator is not None:
+            accumulator.fail_all(KafkaConnectionError("producer closed before delivery"))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(producer.client.close(), timeout)
 
@@ -141,11 +151,15 @@ class OrderPublisher:
         except KafkaError as exc:
             msg = f"Kafka refused the record: {type(exc).__name__}"
             raise BrokerUnavailableError(msg) from exc
+        if metadata.offset < 0:
+            # A retried batch the broker already had (DuplicateSequenceNumber): aiokafka reports
+            # no offset and no append time, so whether it was in time is unknown. Not a 202.
+            msg = "Kafka acknowledged a retry without its append time; the outcome is unknown"
+            raise BrokerUnavailableError(msg)
         if not contract.appended_in_time(envelope, metadata.timestamp, metadata.timestamp_type):
             msg = "Kafka appended the order after its acceptance deadline; it will not be processed"
             raise BrokerUnavailableError(msg)
-        offset = metadata.offset if metadata.offset >= 0 else None
-        return Acknowledgement(partition=metadata.partition, offset=offset)
+        return Acknowledgement(partition=metadata.partition, offset=metadata.offset)
 
     def _sender_alive(self) -> bool:
         # aiokafka exposes no health flag; a finished sender task means nothing will be delivered.

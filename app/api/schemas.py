@@ -26,7 +26,7 @@ class AcceptedOrder(BaseModel):
     order_id: uuid.UUID
     status: Literal["accepted"] = "accepted"
     partition: int
-    offset: int | None = Field(description="null only when Kafka reported a retried duplicate")
+    offset: int
 
 
 class ValidatedOrder(BaseModel):

@@ -1,8 +1,9 @@
 """Read the dead-letter topic, and send a record back to `orders` once its cause is fixed.
 
 A replayed record is produced again with its original key and headers (the `dlq.*` provenance
-dropped, `dlq.replayed.from` added), so it lands on its customer's partition and is processed
-like any other record: stored if it now parses, dead-lettered again if not.
+dropped but for its first append time, `dlq.replayed.from` added), so it lands on its customer's
+partition and is processed like any other record: stored if it now parses (and was appended in
+time on its first journey), dead-lettered again if not.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from app.publisher import build_producer, close_producer
 from app.settings import KafkaSettings
 from app.worker import dead_letters as dlq
 
-REPLAYED_FROM = "dlq.replayed.from"
+REPLAYED_FROM = dlq.H_REPLAYED_FROM
+KEPT_ON_REPLAY = {dlq.H_TIMESTAMP, dlq.H_TIMESTAMP_TYPE}
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,14 @@ async def replay_dead_letter(settings: KafkaSettings, offset: int) -> tuple[int,
         msg = f"no dead letter at offset {offset} of {settings.dlq_topic}"
         raise LookupError(msg)
     letter = letters[0]
-    headers = [(k, v.encode()) for k, v in letter.headers.items() if not k.startswith("dlq.")]
+    if letter.key is None:
+        msg = f"dead letter {offset} has no key: replayed, it would land on a random partition"
+        raise LookupError(msg)
+    headers = [
+        (k, v.encode())
+        for k, v in letter.headers.items()
+        if not k.startswith("dlq.") or k in KEPT_ON_REPLAY
+    ]
     headers.append((REPLAYED_FROM, str(offset).encode()))
     producer = build_producer(settings)
     await producer.start()

@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from app.publisher import build_producer, close_producer
@@ -15,10 +16,14 @@ from app.settings import KafkaSettings
 H_TOPIC = "dlq.original.topic"
 H_PARTITION = "dlq.original.partition"
 H_OFFSET = "dlq.original.offset"
+H_TIMESTAMP = "dlq.original.timestamp"
+H_TIMESTAMP_TYPE = "dlq.original.timestamp.type"
 H_ERROR_CLASS = "dlq.error.class"
 H_ERROR_MESSAGE = "dlq.error.message"
 H_WORKER = "dlq.worker"
 H_FAILED_AT = "dlq.failed.at"
+# Set by `orders dlq replay` on a record it sends back to the orders topic.
+H_REPLAYED_FROM = "dlq.replayed.from"
 
 
 def dead_letter_headers(
@@ -29,6 +34,8 @@ def dead_letter_headers(
         (H_TOPIC, record.topic.encode()),
         (H_PARTITION, str(record.partition).encode()),
         (H_OFFSET, str(record.offset).encode()),
+        (H_TIMESTAMP, str(record.timestamp).encode()),
+        (H_TIMESTAMP_TYPE, str(record.timestamp_type).encode()),
         (H_ERROR_CLASS, type(error).__name__.encode()),
         (H_ERROR_MESSAGE, str(error)[:1000].encode()),
         (H_WORKER, worker.encode()),
@@ -45,8 +52,13 @@ class DeadLetterPublisher:
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
-        self._producer = build_producer(self._settings)
-        await asyncio.wait_for(self._producer.start(), self._timeout)
+        producer = build_producer(self._settings)
+        try:
+            await asyncio.wait_for(producer.start(), self._timeout)
+        except (TimeoutError, KafkaError):
+            await close_producer(producer, self._timeout)
+            raise
+        self._producer = producer
 
     async def stop(self) -> None:
         if self._producer is not None:
@@ -54,16 +66,26 @@ class DeadLetterPublisher:
             self._producer = None
 
     async def publish(self, poison: list[tuple[ConsumerRecord[bytes, bytes], Exception]]) -> None:
-        """Send every poison record and wait for acks=all; raises if that takes too long."""
-        assert self._producer is not None, "DeadLetterPublisher used before start()"
-        async with asyncio.timeout(self._timeout):
-            deliveries = [
-                await self._producer.send(
-                    self._settings.dlq_topic,
-                    value=record.value,
-                    key=record.key,
-                    headers=dead_letter_headers(record, error, self._worker),
-                )
-                for record, error in poison
-            ]
-            await asyncio.gather(*deliveries)
+        """Send every poison record and wait for acks=all; raises if that takes too long.
+
+        After any failure the producer is rebuilt before the next try: a fatal sequence error
+        or a dead sender task would otherwise fail every later batch holding poison.
+        """
+        if self._producer is None:
+            await self.start()
+        assert self._producer is not None
+        try:
+            async with asyncio.timeout(self._timeout):
+                deliveries = [
+                    await self._producer.send(
+                        self._settings.dlq_topic,
+                        value=record.value,
+                        key=record.key,
+                        headers=dead_letter_headers(record, error, self._worker),
+                    )
+                    for record, error in poison
+                ]
+                await asyncio.gather(*deliveries)
+        except (TimeoutError, KafkaError):
+            await self.stop()
+            raise

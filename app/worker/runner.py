@@ -8,6 +8,7 @@ uncommitted batch; the ledger absorbs it, so nothing is lost or doubled).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -46,10 +47,16 @@ async def run_worker(settings: Settings) -> int:
         tune_gc_for_throughput()
         await worker.run()
     finally:
+        # Leaving is bounded too; if it overruns, the next owner redoes at most one batch.
         try:
             await asyncio.wait_for(stop_quietly(worker), settings.worker.shutdown_timeout_s)
-        finally:
-            await engine.dispose()
+        except TimeoutError:
+            log.warning(
+                "leaving the group took over %.0fs; exiting anyway",
+                settings.worker.shutdown_timeout_s,
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(engine.dispose(), settings.database.connect_timeout_s)
     log.info("worker %s stopped: %s", worker.name, worker.stats)
     return 0
 

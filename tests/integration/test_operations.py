@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import contract
 from app.operations.dead_letters import REPLAYED_FROM, list_dead_letters, replay_dead_letter
 from app.operations.lag import group_lag
 from app.operations.offsets import ResetRefusedError, Target, apply_reset, plan_reset
 from app.settings import Settings
+from app.worker import dead_letters as dlq
 from tests.integration.api_client import api_client
 from tests.integration.kafka_tools import end_offsets, non_empty, read_topic
 from tests.integration.ledger import Expectations, check_ledger, stored_positions, wait_until_stored
@@ -122,3 +126,50 @@ async def test_dead_letters_are_listed_with_their_origin_and_can_be_replayed(
     assert replayed[REPLAYED_FROM] == str(letter.offset)
     assert replayed["request-id"] == "r-9"
     assert replayed["dlq.original.offset"] == str(offset)
+
+
+async def test_a_replayed_dead_letter_that_now_parses_is_stored_judged_by_its_first_append(
+    settings: Settings, engine: AsyncEngine, run_id: str
+) -> None:
+    """As if an older worker had dead-lettered a good order: replayed after its deadline, it is
+    judged by the time the broker first appended it, and stored."""
+    customer = f"{run_id}-replayed"
+    first_append = datetime.now(UTC) - timedelta(seconds=30)
+    items = (contract.OrderLine(sku="a", quantity=1, unit_price=Decimal("1.00")),)
+    order = contract.OrderEnvelope(
+        order_id=contract.order_id_for(customer, "k"),
+        customer_id=customer,
+        items=items,
+        total=contract.order_total(items),
+        currency="EUR",
+        accepted_at=first_append,
+        accept_by=first_append + timedelta(seconds=5),  # long past by now
+    )
+    value, headers = contract.encode(order, "r-1")
+    provenance = {
+        dlq.H_TOPIC: settings.kafka.orders_topic,
+        dlq.H_PARTITION: "0",
+        dlq.H_OFFSET: "0",
+        dlq.H_TIMESTAMP: str(int(first_append.timestamp() * 1000)),
+        dlq.H_TIMESTAMP_TYPE: str(contract.LOG_APPEND_TIME),
+        dlq.H_ERROR_CLASS: "PoisonRecordError",
+    }
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            settings.kafka.dlq_topic,
+            value,
+            key=customer.encode(),
+            headers=headers + [(k, v.encode()) for k, v in provenance.items()],
+        )
+    finally:
+        await producer.stop()
+
+    await replay_dead_letter(settings.kafka, 0)
+    expected = Expectations()
+    expected.accept(customer, order.order_id)
+    async with worker_running(settings, engine) as worker:
+        assert await wait_until_stored(engine, expected) == 1
+    assert worker.stats.expired == 0
+    assert (await check_ledger(engine, expected)).holds

@@ -152,6 +152,13 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_the_rest_flows(
             {"schema_version": 99, "order_id": str(uuid.uuid4())}
         ).encode(): "schema_version",
         b'{"schema_version": 1}': "order_id",
+        # A valid order but for a deadline with no time zone: must not crash the worker.
+        json.dumps(
+            {
+                **json.loads(_envelope_bytes(customer, 99)),
+                "accept_by": "0001-01-01T00:00:00",
+            }
+        ).encode(): "accept_by",
     }
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka.bootstrap_servers, enable_idempotence=True
@@ -164,8 +171,8 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_the_rest_flows(
                 settings.kafka.orders_topic, _envelope_bytes(customer, n), key=customer.encode()
             )
             expected.accept(customer, contract.order_id_for(customer, f"direct-{n}"))
-            if n in (2, 5, 8):
-                value = list(poison)[(n - 2) // 3]
+            if n in (1, 3, 5, 7):
+                value = list(poison)[(n - 1) // 2]
                 await producer.send_and_wait(
                     settings.kafka.orders_topic,
                     value,
@@ -177,7 +184,7 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_the_rest_flows(
 
     async with worker_running(settings, engine) as worker:
         assert await wait_until_stored(engine, expected) == 10
-        assert await eventually(lambda: worker.stats.dead_lettered == 3)
+        assert await eventually(lambda: worker.stats.dead_lettered == 4)
     assert (await check_ledger(engine, expected)).holds
 
     dead = await read_topic(settings.kafka.bootstrap_servers, settings.kafka.dlq_topic)
