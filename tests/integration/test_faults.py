@@ -41,7 +41,7 @@ from tests.integration.ledger import (
 )
 from tests.integration.load import customers_for, place_orders
 from tests.integration.services import Endpoints
-from tests.integration.throwaway import throwaway_cluster, throwaway_postgres
+from tests.integration.throwaway import ThrowawayCluster, throwaway_cluster, throwaway_postgres
 from tests.integration.worker_harness import committed_offsets
 
 # Quicker failure detection than production defaults, so scenarios take seconds, not minutes.
@@ -304,9 +304,20 @@ async def leader_of_busiest_partition(settings: Settings) -> int:
     return int(partition["leader"])
 
 
-def replicated(settings: Settings) -> Settings:
-    kafka = settings.kafka.model_copy(update={"replication_factor": 3, "min_insync_replicas": 2})
-    return settings.model_copy(update={"kafka": kafka})
+@contextlib.asynccontextmanager
+async def three_brokers(
+    home: Path, base_port: int, endpoints: Endpoints, database_url: str
+) -> AsyncIterator[tuple[ThrowawayCluster, Settings]]:
+    """A real 3-broker cluster of the test's own; topics with RF 3 and min.insync.replicas 2."""
+    with throwaway_cluster(home, base_port=base_port, brokers=3) as cluster:
+        where = Endpoints(cluster.bootstrap, endpoints.database_url, "3 brokers")
+        settings = make_settings(where, database_url, **FAST_GROUP)
+        kafka = settings.kafka.model_copy(
+            update={"replication_factor": 3, "min_insync_replicas": 2}
+        )
+        settings = settings.model_copy(update={"kafka": kafka})
+        await ensure_topics(settings.kafka)
+        yield cluster, settings
 
 
 @pytest.mark.chaos
@@ -319,10 +330,10 @@ async def test_killing_the_busiest_leader_five_times_loses_no_acknowledged_order
     tmp_path: Path,
     pools: Callable[[Settings], WorkerPool],
 ) -> None:
-    with throwaway_cluster(tmp_path / "kafka", base_port=19292, brokers=3) as cluster:
-        where = Endpoints(cluster.bootstrap, endpoints.database_url, "3 brokers")
-        settings = replicated(make_settings(where, database_url, **FAST_GROUP))
-        await ensure_topics(settings.kafka)
+    async with three_brokers(tmp_path / "kafka", 19292, endpoints, database_url) as (
+        cluster,
+        settings,
+    ):
         pool = pools(settings)
         pool.start(2)
         expected = Expectations()
@@ -357,10 +368,10 @@ async def test_two_of_three_brokers_down_means_503_never_202(
     tmp_path: Path,
     pools: Callable[[Settings], WorkerPool],
 ) -> None:
-    with throwaway_cluster(tmp_path / "kafka", base_port=19392, brokers=3) as cluster:
-        where = Endpoints(cluster.bootstrap, endpoints.database_url, "3 brokers")
-        settings = replicated(make_settings(where, database_url, **FAST_GROUP))
-        await ensure_topics(settings.kafka)
+    async with three_brokers(tmp_path / "kafka", 19392, endpoints, database_url) as (
+        cluster,
+        settings,
+    ):
         pool = pools(settings)
         pool.start(1)
         expected = Expectations()
