@@ -82,13 +82,6 @@ class OrderWorker:
         self._group = settings.worker.group_id
         self._in_flight = asyncio.Lock()
         self._stopping = asyncio.Event()
-        # Where this member's next batch begins on each partition: where it last sought to, or
-        # where its last batch ended. A batch covers [that, last record + 1), so offsets with no
-        # record (transaction markers, compacted or expired records) cannot jam the fence.
-        self._next_start: dict[int, int] = {}
-        # Bumped by every rebalance: a batch fetched under an older generation is dropped,
-        # since the new assignment has sought every partition to its stored position.
-        self._generation = 0
         self._consumer = self._build_consumer()
         self._dead_letters = self._build_dead_letters()
 
@@ -154,15 +147,14 @@ class OrderWorker:
         """
         backoff = self.settings.worker.retry_backoff_initial_s
         storing: asyncio.Task[None] | None = None
-        in_store: PreparedBatch | None = None
+        stored_batch: Batch = {}
         try:
             while not self._stopping.is_set():
-                batch = await self._fetch()
-                # Snapshot, with no await in between: the batch and the positions it follows.
-                generation, starts = self._generation, dict(self._next_start)
-                prepared = await _prepare(batch, starts, generation) if batch else None
-                if prepared is not None and generation == self._generation:
-                    self._next_start.update({s.partition: s.end for s in prepared.spans})
+                batch = await self._consumer.getmany(
+                    timeout_ms=self.settings.worker.fetch_timeout_ms,
+                    max_records=self.settings.worker.max_records,
+                )
+                prepared = await _prepare(batch) if batch else None
                 if storing is not None:
                     failure = await _outcome(storing)
                     storing = None
@@ -172,38 +164,19 @@ class OrderWorker:
                         log.warning(
                             "batch failed (%r); retrying from its start in %.1fs", failure, backoff
                         )
-                        await self._back_off([in_store, prepared], backoff)
+                        await self._back_off([stored_batch, batch], backoff)
                         backoff = min(backoff * 2, self.settings.worker.retry_backoff_max_s)
                         continue
                     backoff = self.settings.worker.retry_backoff_initial_s
                 if prepared is not None:
                     storing = asyncio.create_task(self._store_in_time(prepared))
-                    in_store = prepared
+                    stored_batch = batch
         finally:
+            # However the loop ends, the batch being stored finishes (or fails) before we leave.
             if storing is not None:
                 failure = await _outcome(storing)
                 if failure is not None:
                     log.warning("last batch failed (%r); the next owner redoes it", failure)
-
-    async def _fetch(self) -> Batch:
-        """getmany, unless a stop is requested first (getmany waits without bound while the
-        group cannot complete a rebalance)."""
-        fetch = asyncio.ensure_future(
-            self._consumer.getmany(
-                timeout_ms=self.settings.worker.fetch_timeout_ms,
-                max_records=self.settings.worker.max_records,
-            )
-        )
-        stop = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if not fetch.done():
-            fetch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await fetch
-            return {}
-        batch: Batch = fetch.result()
-        return batch
 
     # --- one batch -------------------------------------------------------------------------
 
@@ -212,8 +185,6 @@ class OrderWorker:
 
     async def _store(self, prepared: PreparedBatch) -> None:
         async with self._in_flight:
-            if prepared.generation != self._generation:
-                return  # fetched before a rebalance; the new assignment sought every partition
             # A rebalance may have revoked partitions since getmany returned: drop their records.
             prepared = prepared.only(self._consumer.assignment())
             if not prepared.spans:
@@ -247,7 +218,6 @@ class OrderWorker:
                     next(s.start for s in prepared.spans if s.partition == partition),
                 )
                 self._consumer.seek(TopicPartition(self._topic, partition), stored)
-                self._next_start[partition] = stored
             done = {
                 TopicPartition(self._topic, s.partition): OffsetAndMetadata(s.end, "")
                 for s in prepared.spans
@@ -268,29 +238,25 @@ class OrderWorker:
             # PostgreSQL already holds the truth; the next owner seeks from there.
             log.warning("Kafka commit failed (%r); positions are safe in PostgreSQL", exc)
 
-    async def _back_off(self, batches: list[PreparedBatch | None], delay: float) -> None:
+    async def _back_off(self, batches: list[Batch], delay: float) -> None:
         """Rewind to the first unstored record, pause fetching, and keep polling (so we stay in
         the group) until the delay is over."""
-        rewind: dict[int, int] = {}
+        rewind: dict[TopicPartition, int] = {}
         for batch in batches:
-            for span in batch.spans if batch is not None else ():
-                rewind[span.partition] = min(rewind.get(span.partition, span.start), span.start)
-        assigned = {tp.partition: tp for tp in self._consumer.assignment()}
-        for partition, offset in rewind.items():
-            if partition in assigned:
-                self._consumer.seek(assigned[partition], offset)
-                self._next_start[partition] = offset
+            for tp, records in batch.items():
+                if records:
+                    rewind[tp] = min(rewind.get(tp, records[0].offset), records[0].offset)
+        assigned = self._consumer.assignment()
+        for tp, offset in rewind.items():
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
+        self._consumer.pause(*assigned)
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + delay
             while not self._stopping.is_set() and loop.time() < deadline:
-                # Pause again each round: a rebalance meanwhile may have assigned new partitions.
-                self._consumer.pause(*self._consumer.assignment())
                 remaining_ms = max(1, int((deadline - loop.time()) * 1000))
-                stray = await self._consumer.getmany(timeout_ms=min(remaining_ms, 500))
-                for tp, records in stray.items():  # fetched before the pause took effect
-                    if records:
-                        self._consumer.seek(tp, records[0].offset)
+                await self._consumer.getmany(timeout_ms=min(remaining_ms, 500))
         finally:
             self._consumer.resume(*self._consumer.assignment())
 
@@ -313,18 +279,7 @@ class OrderWorker:
                     pass  # the in-flight batch has committed (or failed and will be redone)
         except TimeoutError:
             log.warning("in-flight batch did not finish before the revocation; the fence holds")
-        self._generation += 1
-        for tp in revoked:
-            self._next_start.pop(tp.partition, None)
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
-
-    async def _committed_or_none(self, tp: TopicPartition) -> int | None:
-        try:
-            async with asyncio.timeout(self.settings.worker.commit_timeout_s):
-                committed: int | None = await self._consumer.committed(tp)
-        except (TimeoutError, KafkaError):
-            return None
-        return committed
 
     async def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         mine = [tp for tp in assigned if tp.topic == self._topic]
@@ -340,18 +295,9 @@ class OrderWorker:
             # Start from Kafka's committed offsets instead; the fence corrects any difference.
             log.warning("could not read positions from PostgreSQL (%r)", exc)
             stored = {}
-        self._generation += 1
         for tp in mine:
-            start = stored.get(tp.partition)
-            if start is None:
-                # Never stored by this group: Kafka's committed offset, else the earliest.
-                start = await self._committed_or_none(tp)
-            if start is None:
-                self._next_start.pop(tp.partition, None)
-                await self._consumer.seek_to_beginning(tp)
-            else:
-                self._next_start[tp.partition] = start
-                self._consumer.seek(tp, start)
+            if tp.partition in stored:
+                self._consumer.seek(tp, stored[tp.partition])
         log.info(
             "partitions assigned: %s (resuming at %s)",
             sorted(tp.partition for tp in mine),
@@ -378,7 +324,6 @@ class PreparedBatch:
     poison: list[tuple[Record, Exception]]
     spans: list[PartitionSpan]
     size: int
-    generation: int
     expired: int = 0
 
     def only(self, assigned: set[TopicPartition]) -> PreparedBatch:
@@ -392,7 +337,6 @@ class PreparedBatch:
             poison=[(r, e) for r, e in self.poison if r.partition in partitions],
             spans=spans,
             size=sum(span.end - span.start for span in spans),
-            generation=self.generation,
             expired=self.expired,
         )
 
@@ -402,7 +346,7 @@ class PreparedBatch:
 _PARSE_SLICE = 100
 
 
-async def _prepare(batch: Batch, starts: dict[int, int], generation: int) -> PreparedBatch:
+async def _prepare(batch: Batch) -> PreparedBatch:
     orders: list[IncomingOrder] = []
     poison: list[tuple[Record, Exception]] = []
     expired: list[contract.OrderEnvelope] = []
@@ -410,13 +354,7 @@ async def _prepare(batch: Batch, starts: dict[int, int], generation: int) -> Pre
     for records in batch.values():
         if not records:
             continue
-        partition, first = records[0].partition, records[0].offset
-        start = starts.get(partition, first)
-        if first < start:
-            start = first  # fetched from before where we stood: the fence will decide
-        elif first > start:
-            log.info("partition %d: offsets %d..%d hold no record", partition, start, first - 1)
-        spans.append(PartitionSpan(partition, start, records[-1].offset + 1))
+        spans.append(PartitionSpan(records[0].partition, records[0].offset, records[-1].offset + 1))
         for index, record in enumerate(records):
             if index % _PARSE_SLICE == 0:
                 await asyncio.sleep(0)
@@ -442,8 +380,7 @@ async def _prepare(batch: Batch, starts: dict[int, int], generation: int) -> Pre
             envelope.customer_id,
             envelope.accept_by.isoformat(),
         )
-    size = sum(len(r) for r in batch.values())
-    return PreparedBatch(orders, poison, spans, size, generation, len(expired))
+    return PreparedBatch(orders, poison, spans, sum(len(r) for r in batch.values()), len(expired))
 
 
 def _append_time(record: Record) -> tuple[int, int]:
