@@ -150,10 +150,7 @@ class OrderWorker:
         stored_batch: Batch = {}
         try:
             while not self._stopping.is_set():
-                batch = await self._consumer.getmany(
-                    timeout_ms=self.settings.worker.fetch_timeout_ms,
-                    max_records=self.settings.worker.max_records,
-                )
+                batch = await self._fetch()
                 prepared = await _prepare(batch) if batch else None
                 if storing is not None:
                     failure = await _outcome(storing)
@@ -177,6 +174,26 @@ class OrderWorker:
                 failure = await _outcome(storing)
                 if failure is not None:
                     log.warning("last batch failed (%r); the next owner redoes it", failure)
+
+    async def _fetch(self) -> Batch:
+        """getmany, unless a stop is requested first: getmany waits without bound while the
+        group cannot finish a rebalance, and SIGTERM must still drain and leave."""
+        fetch = asyncio.ensure_future(
+            self._consumer.getmany(
+                timeout_ms=self.settings.worker.fetch_timeout_ms,
+                max_records=self.settings.worker.max_records,
+            )
+        )
+        stop = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not fetch.done():
+            fetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetch
+            return {}
+        batch: Batch = fetch.result()
+        return batch
 
     # --- one batch -------------------------------------------------------------------------
 
@@ -250,13 +267,17 @@ class OrderWorker:
         for tp, offset in rewind.items():
             if tp in assigned:
                 self._consumer.seek(tp, offset)
-        self._consumer.pause(*assigned)
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + delay
             while not self._stopping.is_set() and loop.time() < deadline:
+                # Pause again each round: a rebalance meanwhile may have assigned new partitions.
+                self._consumer.pause(*self._consumer.assignment())
                 remaining_ms = max(1, int((deadline - loop.time()) * 1000))
-                await self._consumer.getmany(timeout_ms=min(remaining_ms, 500))
+                stray = await self._consumer.getmany(timeout_ms=min(remaining_ms, 500))
+                for tp, records in stray.items():  # fetched before the pause took effect
+                    if records:
+                        self._consumer.seek(tp, records[0].offset)
         finally:
             self._consumer.resume(*self._consumer.assignment())
 
