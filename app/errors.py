@@ -13,10 +13,6 @@ class ConfigurationError(OrdersError):
     """A setting is missing or invalid; the process cannot start."""
 
 
-class NotStartedError(OrdersError):
-    """A client was used before its `start()` (or after its `stop()`)."""
-
-
 class BrokerUnavailableError(OrdersError):
     """Kafka did not acknowledge in time; the order was not accepted and may be retried."""
 

@@ -39,12 +39,6 @@ class PartitionSpan:
 
 
 @dataclass(frozen=True)
-class StoredPosition:
-    partition: int
-    next_offset: int
-
-
-@dataclass(frozen=True)
 class IncomingOrder:
     envelope: OrderEnvelope
     partition: int

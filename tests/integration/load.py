@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import httpx
 
 from app import contract
-from tests.integration.api_client import order_body
+from app.settings import Settings
+from tests.integration.api_client import api_client, order_body
 from tests.integration.ledger import Expectations
 
 
@@ -48,3 +50,13 @@ async def place_orders(
                 await asyncio.sleep(0.2)
 
     await asyncio.gather(*(one_customer(customer) for customer in customers))
+
+
+async def orders_accepted(
+    settings: Settings, customers: list[str], per_customer: int, **options: Any
+) -> Expectations:
+    """Place orders through the real API (in-process) and return what the clients were told."""
+    expected = Expectations()
+    async with api_client(settings) as client:
+        await place_orders(client, expected, customers, per_customer, **options)
+    return expected

@@ -39,7 +39,7 @@ from tests.integration.ledger import (
     stored_positions,
     wait_until_stored,
 )
-from tests.integration.load import customers_for, place_orders
+from tests.integration.load import customers_for, orders_accepted, place_orders
 from tests.integration.services import Endpoints
 from tests.integration.throwaway import ThrowawayCluster, throwaway_cluster, throwaway_postgres
 from tests.integration.worker_harness import committed_offsets
@@ -130,9 +130,7 @@ async def load_until_killed_at(
     [doomed] = pool.start(
         1, ORDERS_FAULT_POINT=point, ORDERS_FAULT_AFTER_BATCHES=str(after_batches)
     )
-    expected = Expectations()
-    async with api_client(settings) as client:
-        await place_orders(client, expected, customers_for(run_id, 40), per_customer=25)
+    expected = await orders_accepted(settings, customers_for(run_id, 40), per_customer=25)
     assert await asyncio.to_thread(doomed.wait, 60) == -signal.SIGKILL
     return expected
 

@@ -19,10 +19,9 @@ from app.operations.lag import group_lag
 from app.operations.offsets import ResetRefusedError, Target, apply_reset, plan_reset
 from app.settings import Settings
 from app.worker import dead_letters as dlq
-from tests.integration.api_client import api_client
 from tests.integration.kafka_tools import end_offsets, non_empty, read_topic
 from tests.integration.ledger import Expectations, check_ledger, stored_positions, wait_until_stored
-from tests.integration.load import customers_for, place_orders
+from tests.integration.load import customers_for, orders_accepted
 from tests.integration.processes import settings_env
 from tests.integration.waiting import eventually
 from tests.integration.worker_harness import committed_offsets, worker_running
@@ -33,9 +32,7 @@ ORDERS = str(Path(sys.executable).with_name("orders"))
 async def test_lag_shows_stored_committed_and_log_end(
     settings: Settings, engine: AsyncEngine, run_id: str
 ) -> None:
-    expected = Expectations()
-    async with api_client(settings) as client:
-        await place_orders(client, expected, customers_for(run_id, 12), per_customer=10)
+    expected = await orders_accepted(settings, customers_for(run_id, 12), per_customer=10)
     before = {row.partition: row for row in await group_lag(settings, engine)}
     assert sum(row.lag for row in before.values()) == 120
     assert all(row.stored is None for row in before.values())
@@ -63,9 +60,7 @@ async def test_lag_shows_stored_committed_and_log_end(
 async def test_an_offset_reset_is_refused_while_workers_run_then_replays_harmlessly(
     settings: Settings, engine: AsyncEngine, run_id: str
 ) -> None:
-    expected = Expectations()
-    async with api_client(settings) as client:
-        await place_orders(client, expected, customers_for(run_id, 10), per_customer=10)
+    expected = await orders_accepted(settings, customers_for(run_id, 10), per_customer=10)
     async with worker_running(settings, engine) as worker:
         assert await wait_until_stored(engine, expected) == 100
         moves = await plan_reset(settings, engine, Target("earliest"), None)

@@ -26,7 +26,7 @@ from tests.integration.ledger import (
     stored_positions,
     wait_until_stored,
 )
-from tests.integration.load import customers_for, place_orders
+from tests.integration.load import customers_for, orders_accepted, place_orders
 from tests.integration.processes import OrdersProcess
 from tests.integration.waiting import eventually
 from tests.integration.worker_harness import committed_offsets, worker_running
@@ -59,9 +59,7 @@ async def test_5000_orders_for_100_customers_are_stored_once_each_in_order(
 async def test_redelivered_records_change_nothing(
     settings: Settings, engine: AsyncEngine, run_id: str
 ) -> None:
-    expected = Expectations()
-    async with api_client(settings) as client:
-        await place_orders(client, expected, customers_for(run_id, 10), per_customer=30)
+    expected = await orders_accepted(settings, customers_for(run_id, 10), per_customer=30)
     async with worker_running(settings, engine) as first:
         assert await wait_until_stored(engine, expected) == 300
     assert first.stats.inserted == 300
