@@ -1,8 +1,9 @@
 """The API's side of Kafka: one idempotent, acks=all producer, every wait bounded.
 
 aiokafka pitfalls this module exists for:
-- an idempotent producer's batches never expire, so `send()` can wait forever for a broker that
-  is down: every wait here has a deadline, and missing it means "not accepted" (503);
+- an idempotent producer's batches never expire, so waiting for an acknowledgement can last
+  forever with the broker down: every wait here has a deadline, and missing it means "not
+  accepted" (503);
 - after a fatal sequence error (OutOfOrderSequenceNumber, UnknownProducerId) or a dead sender
   task the producer is unusable: it is replaced, and `ready` is false meanwhile;
 - `stop()` flushes, which also waits forever on a dead broker: closing is bounded too.
@@ -26,6 +27,7 @@ from aiokafka.errors import (
 )
 
 from app import contract
+from app.batching import Delivery, PartitionBatches, partition_for
 from app.errors import BrokerUnavailableError
 from app.settings import KafkaSettings
 
@@ -33,6 +35,11 @@ log = logging.getLogger(__name__)
 
 # Errors after which the producer's sequence state is broken for good.
 FATAL_PRODUCER_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, ProducerFenced)
+
+
+def _give_up(delivery: asyncio.Future[Delivery]) -> None:
+    if not delivery.done():
+        delivery.set_exception(TimeoutError())
 
 
 @dataclass(frozen=True)
@@ -48,8 +55,9 @@ def build_producer(settings: KafkaSettings) -> AIOKafkaProducer:
         # Idempotence implies acks=all; spelled out because the guarantee depends on it.
         enable_idempotence=True,
         acks="all",
-        # aiokafka's default partitioner is Kafka's murmur2 (same as the Java client): the same
-        # customer id lands on the same partition whichever client produced it.
+        # Records go in whole batches (app/batching.py), partitioned there with Kafka's murmur2
+        # (same as the Java client): a customer lands on the same partition whichever client
+        # produced it.
         compression_type=None if settings.compression_type == "none" else settings.compression_type,
         linger_ms=settings.linger_ms,
         max_batch_size=settings.max_batch_size,
@@ -84,6 +92,7 @@ class OrderPublisher:
         self._deadline = ack_deadline_s
         self._grace = ack_grace_s
         self._producer: AIOKafkaProducer | None = None
+        self._batches: PartitionBatches | None = None
         self._broken = asyncio.Event()
         self._connected = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
@@ -101,8 +110,7 @@ class OrderPublisher:
                 await self._supervisor
             self._supervisor = None
         if self._producer is not None:
-            await close_producer(self._producer, self._deadline)
-            self._producer = None
+            await self._retire_producer()
 
     def acceptance_deadline(self, accepted_at: datetime) -> datetime:
         """The instant by which the broker must have appended an order accepted now."""
@@ -129,17 +137,24 @@ class OrderPublisher:
         the envelope's `accept_by` (the worker discards records appended later, so a late
         acknowledgement must not become a 202).
         """
-        producer = self._producer
-        if producer is None or not self.started:
+        producer, batches = self._producer, self._batches
+        if producer is None or batches is None or not self.started:
             msg = "Kafka producer is not connected"
             raise BrokerUnavailableError(msg)
         value, headers = contract.encode(envelope, request_id)
+        key = envelope.key
+        known = producer.client.cluster.partitions_for_topic(self._settings.orders_topic)
+        partition = partition_for(
+            key, len(known) if known else await self._fetch_partitions(producer)
+        )
+        delivery = batches.append(partition, key, value, headers)
+        # The record's own future carries the deadline (cheaper than a timeout scope per
+        # request); a record whose batch is still queued when every wait expired is not sent.
+        expiry = asyncio.get_running_loop().call_later(
+            self._deadline + self._grace, _give_up, delivery
+        )
         try:
-            async with asyncio.timeout(self._deadline + self._grace):
-                delivery = await producer.send(
-                    self._settings.orders_topic, value=value, key=envelope.key, headers=headers
-                )
-                metadata = await delivery
+            acked = await delivery
         except TimeoutError as exc:
             msg = f"no acknowledgement from Kafka within {self._deadline:.1f}s"
             raise BrokerUnavailableError(msg) from exc
@@ -151,15 +166,26 @@ class OrderPublisher:
         except KafkaError as exc:
             msg = f"Kafka refused the record: {type(exc).__name__}"
             raise BrokerUnavailableError(msg) from exc
-        if metadata.offset < 0:
+        finally:
+            expiry.cancel()
+        if acked.offset < 0:
             # A retried batch the broker already had (DuplicateSequenceNumber): aiokafka reports
             # no offset and no append time, so whether it was in time is unknown. Not a 202.
             msg = "Kafka acknowledged a retry without its append time; the outcome is unknown"
             raise BrokerUnavailableError(msg)
-        if not contract.appended_in_time(envelope, metadata.timestamp, metadata.timestamp_type):
+        if not contract.appended_in_time(envelope, acked.timestamp, acked.timestamp_type):
             msg = "Kafka appended the order after its acceptance deadline; it will not be processed"
             raise BrokerUnavailableError(msg)
-        return Acknowledgement(partition=metadata.partition, offset=metadata.offset)
+        return Acknowledgement(partition=acked.partition, offset=acked.offset)
+
+    async def _fetch_partitions(self, producer: AIOKafkaProducer) -> int:
+        """The topic's partition count, for a producer that has no metadata for it yet."""
+        topic = self._settings.orders_topic
+        try:
+            return len(await asyncio.wait_for(producer.partitions_for(topic), self._deadline))
+        except (TimeoutError, KafkaError) as exc:
+            msg = f"no metadata for topic {topic!r} from Kafka: {type(exc).__name__}"
+            raise BrokerUnavailableError(msg) from exc
 
     def _sender_alive(self) -> bool:
         # aiokafka exposes no health flag; a finished sender task means nothing will be delivered.
@@ -167,13 +193,20 @@ class OrderPublisher:
         task = getattr(sender, "sender_task", None)
         return task is not None and not task.done()
 
+    async def _retire_producer(self) -> None:
+        producer, batches = self._producer, self._batches
+        self._producer = self._batches = None
+        if batches is not None:
+            await batches.close()
+        if producer is not None:
+            await close_producer(producer, self._deadline)
+
     async def _supervise(self) -> None:
         backoff = 0.2
         while True:
             if self._producer is not None and (self._broken.is_set() or not self._sender_alive()):
-                old, self._producer = self._producer, None
                 self._connected.clear()
-                await close_producer(old, self._deadline)
+                await self._retire_producer()
             if self._producer is None:
                 producer = build_producer(self._settings)
                 try:
@@ -188,6 +221,7 @@ class OrderPublisher:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 self._producer, backoff = producer, 0.2
+                self._batches = PartitionBatches(producer, self._settings.orders_topic)
                 self._broken.clear()
                 self._connected.set()
                 log.info("Kafka producer connected to %s", self._settings.bootstrap_servers)

@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import uuid_utils
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
@@ -77,7 +78,7 @@ async def accept_order(order: OrderRequest, request: Request) -> Response:
         accepted_at=accepted_at,
         accept_by=publisher.acceptance_deadline(accepted_at),
     )
-    ack = await publisher.publish(envelope, request_id or uuid.uuid4().hex)
+    ack = await publisher.publish(envelope, request_id or str(uuid_utils.uuid7()))
     accepted = AcceptedOrder(order_id=envelope.order_id, partition=ack.partition, offset=ack.offset)
     return json_response(accepted, 202, Location=f"/orders/{envelope.order_id}")
 

@@ -4,6 +4,8 @@
 One `orders api` process on loopback; wrk (Debian's package) drives, in the same run:
 1. the baseline: POST /orders/validate, same bodies, same validation, nothing produced;
 2. POST /orders: produced with the idempotent acks=all producer, 202 after the broker's ack;
+   1 and 2 alternate for BENCH_ROUNDS rounds; each round gives one ratio, and the median
+   counts (this machine is shared: a neighbour's burst moves one 10 s run by 10% and more);
 3. POST /orders again at half the accepted rate (paced connections), for its p99 latency.
 Targets (issue 3): accepted/s >= 70% of the baseline's requests/s; p99 < 50 ms at half rate.
 Prints one JSON line with every number, and exits 1 when a target is missed.
@@ -29,6 +31,7 @@ ORDERS = str(ROOT / ".venv" / "bin" / "orders")
 PORT = int(os.environ.get("BENCH_PORT", "8099"))
 DURATION = os.environ.get("BENCH_DURATION", "10s")
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
 
 def wrk(path: str, connections: int, pace_ms: int = 0) -> dict[str, float]:
@@ -100,8 +103,18 @@ def main() -> int:
         wait_ready()
         wrk("/orders/validate", CONNECTIONS)  # warm up both paths
         wrk("/orders", CONNECTIONS)
-        baseline = wrk("/orders/validate", CONNECTIONS)
-        accepted = wrk("/orders", CONNECTIONS)
+        rounds = []
+        for number in range(ROUNDS):
+            # Alternate which goes first, so a drift in the machine's speed favours neither.
+            if number % 2 == 0:
+                baseline = wrk("/orders/validate", CONNECTIONS)
+                accepted = wrk("/orders", CONNECTIONS)
+            else:
+                accepted = wrk("/orders", CONNECTIONS)
+                baseline = wrk("/orders/validate", CONNECTIONS)
+            rounds.append((accepted["ok_per_s"] / baseline["ok_per_s"], baseline, accepted))
+        # The median round (the lower one for an even count): its own numbers are reported.
+        ratio, baseline, accepted = sorted(rounds, key=lambda r: r[0])[(len(rounds) - 1) // 2]
         half_rate = accepted["ok_per_s"] / 2
         connections = 16
         # wrk's delay() waits after each response, so a connection's period is the pause plus
@@ -115,12 +128,13 @@ def main() -> int:
     finally:
         api.terminate()
         api.wait(30)
-    ratio = accepted["ok_per_s"] / baseline["ok_per_s"]
+    failures = sum(r[2]["failed"] for r in rounds) + paced["failed"]
     result = {
         "baseline_validate_req_per_s": baseline["ok_per_s"],
         "accepted_orders_per_s": accepted["ok_per_s"],
         "ratio": round(ratio, 3),
-        "accepted_failures": accepted["failed"],
+        "ratio_per_round": [round(r[0], 3) for r in rounds],
+        "accepted_failures": failures,
         "half_rate_target_per_s": round(half_rate, 1),
         "half_rate_achieved_per_s": paced["ok_per_s"],
         "half_rate_p50_ms": paced["p50_ms"],
@@ -129,7 +143,7 @@ def main() -> int:
         "topic": topic,
     }
     print(json.dumps(result))
-    met = ratio >= 0.70 and paced["p99_ms"] < 50 and accepted["failed"] == 0
+    met = ratio >= 0.70 and paced["p99_ms"] < 50 and failures == 0
     print("targets met" if met else "TARGETS MISSED", file=sys.stderr)
     return 0 if met else 1
 

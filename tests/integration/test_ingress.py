@@ -208,12 +208,12 @@ async def test_a_broken_producer_is_replaced_and_readiness_reports_it_meanwhile(
 
         # A fatal sequence error: this request gets 503, the producer is thrown away.
         broken = publisher._producer
-        original_send = broken.send
+        original_send = broken.send_batch
 
         async def send_out_of_order(*args: Any, **kwargs: Any) -> Any:
             raise OutOfOrderSequenceNumber
 
-        broken.send = send_out_of_order
+        broken.send_batch = send_out_of_order
         refused = await client.post("/orders", json=order_body("c-9"))
         assert refused.status_code == 503
         assert (await client.get("/readyz")).json()["checks"]["kafka"] is False
@@ -222,7 +222,7 @@ async def test_a_broken_producer_is_replaced_and_readiness_reports_it_meanwhile(
                 break
             await asyncio.sleep(0.1)
         assert publisher._producer is not broken
-        broken.send = original_send
+        broken.send_batch = original_send
         assert (await client.post("/orders", json=order_body("c-9"))).status_code == 202
 
         # A dead sender task (nothing would ever be delivered): replaced the same way.
