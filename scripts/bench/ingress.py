@@ -25,17 +25,20 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[2]
 LUA = ROOT / "scripts" / "bench" / "orders.lua"
 ORDERS = str(ROOT / ".venv" / "bin" / "orders")
 PORT = int(os.environ.get("BENCH_PORT", "8099"))
 DURATION = os.environ.get("BENCH_DURATION", "10s")
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 
 
-def wrk(path: str, connections: int, pace_ms: int = 0) -> dict[str, float]:
+def wrk(api: psutil.Process, path: str, connections: int, pace_ms: int = 0) -> dict[str, float]:
     env = {**os.environ, "WRK_RATE_PER_CONNECTION_MS": str(pace_ms)}
+    cpu_before = sum(api.cpu_times()[:2])
     out = subprocess.run(
         [
             "wrk",
@@ -58,12 +61,15 @@ def wrk(path: str, connections: int, pace_ms: int = 0) -> dict[str, float]:
     fields = {k: float(v) for k, v in (kv.split("=") for kv in match.group(1).split())}
     seconds = fields["duration_us"] / 1e6
     ok = fields["requests"] - fields["non2xx"] - fields["errors"]
+    api_cpu = sum(api.cpu_times()[:2]) - cpu_before
     return {
         "ok_per_s": round(ok / seconds, 1),
         "requests": fields["requests"],
         "failed": fields["non2xx"] + fields["errors"],
         "p50_ms": round(fields["p50_us"] / 1000, 2),
         "p99_ms": round(fields["p99_us"] / 1000, 2),
+        # The API process's CPU (user + system) per answered request.
+        "api_cpu_us": round(api_cpu / max(fields["requests"], 1) * 1e6, 1),
     }
 
 
@@ -99,19 +105,20 @@ def main() -> int:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    measured = psutil.Process(api.pid)
     try:
         wait_ready()
-        wrk("/orders/validate", CONNECTIONS)  # warm up both paths
-        wrk("/orders", CONNECTIONS)
+        wrk(measured, "/orders/validate", CONNECTIONS)  # warm up both paths
+        wrk(measured, "/orders", CONNECTIONS)
         rounds = []
         for number in range(ROUNDS):
             # Alternate which goes first, so a drift in the machine's speed favours neither.
             if number % 2 == 0:
-                baseline = wrk("/orders/validate", CONNECTIONS)
-                accepted = wrk("/orders", CONNECTIONS)
+                baseline = wrk(measured, "/orders/validate", CONNECTIONS)
+                accepted = wrk(measured, "/orders", CONNECTIONS)
             else:
-                accepted = wrk("/orders", CONNECTIONS)
-                baseline = wrk("/orders/validate", CONNECTIONS)
+                accepted = wrk(measured, "/orders", CONNECTIONS)
+                baseline = wrk(measured, "/orders/validate", CONNECTIONS)
             rounds.append((accepted["ok_per_s"] / baseline["ok_per_s"], baseline, accepted))
         # The median round (the lower one for an even count): its own numbers are reported.
         ratio, baseline, accepted = sorted(rounds, key=lambda r: r[0])[(len(rounds) - 1) // 2]
@@ -120,11 +127,11 @@ def main() -> int:
         # wrk's delay() waits after each response, so a connection's period is the pause plus
         # the response time: calibrate the pause once against the rate it really produced.
         pace_ms = max(1, round(connections / half_rate * 1000))
-        paced = wrk("/orders", connections, pace_ms)
+        paced = wrk(measured, "/orders", connections, pace_ms)
         if paced["ok_per_s"] < half_rate * 0.9:
             response_ms = connections / paced["ok_per_s"] * 1000 - pace_ms
             pace_ms = max(1, round(connections / half_rate * 1000 - response_ms))
-            paced = wrk("/orders", connections, pace_ms)
+            paced = wrk(measured, "/orders", connections, pace_ms)
     finally:
         api.terminate()
         api.wait(30)
@@ -140,6 +147,8 @@ def main() -> int:
         "half_rate_p50_ms": paced["p50_ms"],
         "half_rate_p99_ms": paced["p99_ms"],
         "full_load_p99_ms": accepted["p99_ms"],
+        "api_cpu_us_per_validate": baseline["api_cpu_us"],
+        "api_cpu_us_per_accepted": accepted["api_cpu_us"],
         "topic": topic,
     }
     print(json.dumps(result))

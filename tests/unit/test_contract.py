@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -53,6 +54,15 @@ def test_the_same_customer_and_key_always_give_the_same_order_id() -> None:
     assert first != contract.order_id_for("c-2", "key-1")
     assert first != contract.order_id_for("c-1", "key-2")
     assert contract.order_id_for("c-1", None) != contract.order_id_for("c-1", None)
+
+
+def test_a_new_order_id_is_a_time_ordered_uuid7() -> None:
+    earlier = contract.order_id_for("c-1", None)
+    time.sleep(0.002)  # UUIDv7 orders by its millisecond timestamp
+    later = contract.order_id_for("c-1", None)
+    assert isinstance(earlier, uuid.UUID)
+    assert (earlier.version, later.version) == (7, 7)
+    assert earlier < later
 
 
 def test_the_key_is_the_customer_id() -> None:
