@@ -147,7 +147,11 @@ class OrderPublisher:
         partition = partition_for(
             key, len(known) if known else await self._fetch_partitions(producer)
         )
-        delivery = batches.append(partition, key, value, headers)
+        try:
+            delivery = batches.append(partition, key, value, headers)
+        except KafkaError as exc:  # closed while the metadata was fetched: being replaced
+            msg = f"Kafka producer is being replaced: {type(exc).__name__}"
+            raise BrokerUnavailableError(msg) from exc
         # The record's own future carries the deadline (cheaper than a timeout scope per
         # request); a record whose batch is still queued when every wait expired is not sent.
         expiry = asyncio.get_running_loop().call_later(

@@ -236,3 +236,18 @@ async def test_a_broken_producer_is_replaced_and_readiness_reports_it_meanwhile(
             await asyncio.sleep(0.1)
         assert publisher._producer is not replaced
         assert (await client.post("/orders", json=order_body("c-9"))).status_code == 202
+
+
+async def test_an_order_racing_a_producer_replacement_gets_503_not_500(
+    settings: Settings,
+) -> None:
+    async with api_client(settings) as client:
+        transport = client._transport
+        assert isinstance(transport, httpx.ASGITransport)
+        publisher = transport.app.state.resources.publisher  # type: ignore[attr-defined]
+        # As if the supervisor closed the batches while this request fetched metadata.
+        await publisher._batches.close()
+        refused = await client.post("/orders", json=order_body("c-race"))
+    assert refused.status_code == 503
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert "being replaced" in refused.json()["detail"]
