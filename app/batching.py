@@ -43,6 +43,11 @@ def partition_for(key: bytes, partition_count: int) -> int:
     return int(DefaultPartitioner()(key, partitions, partitions))
 
 
+def _closed_error() -> Exception:
+    error: Exception = KafkaConnectionError("the producer was closed; the record was not sent")
+    return error
+
+
 class Delivery(NamedTuple):
     """Where the broker put one record, and its timestamp (append time on LogAppendTime topics)."""
 
@@ -126,7 +131,7 @@ class PartitionBatches:
 
     async def close(self) -> None:
         """Fail every record not yet handed to aiokafka, and stop the flushers."""
-        self._closed = KafkaConnectionError("the producer was closed")
+        self._closed = _closed_error()
         for flusher in list(self._flushers.values()):
             flusher.cancel()
         await asyncio.gather(*self._flushers.values(), return_exceptions=True)
@@ -146,7 +151,7 @@ class PartitionBatches:
                         batch.builder, self._topic, partition=partition
                     )
                 except BaseException as exc:
-                    batch.fail(exc if isinstance(exc, Exception) else self._closing_error())
+                    batch.fail(exc if isinstance(exc, Exception) else _closed_error())
                     raise
                 acknowledgement.add_done_callback(batch.settle)
         except Exception as exc:
@@ -156,7 +161,3 @@ class PartitionBatches:
                 queue.popleft().fail(exc)
         finally:
             del self._flushers[partition]
-
-    def _closing_error(self) -> Exception:
-        error: Exception = KafkaConnectionError("the producer closed before the batch was sent")
-        return error

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from aiokafka import AIOKafkaProducer
@@ -40,12 +39,6 @@ FATAL_PRODUCER_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, ProducerFe
 def _give_up(delivery: asyncio.Future[Delivery]) -> None:
     if not delivery.done():
         delivery.set_exception(TimeoutError())
-
-
-@dataclass(frozen=True)
-class Acknowledgement:
-    partition: int
-    offset: int
 
 
 def build_producer(settings: KafkaSettings) -> AIOKafkaProducer:
@@ -130,7 +123,7 @@ class OrderPublisher:
         except (TimeoutError, KafkaError):
             return False
 
-    async def publish(self, envelope: contract.OrderEnvelope, request_id: str) -> Acknowledgement:
+    async def publish(self, envelope: contract.OrderEnvelope, request_id: str) -> Delivery:
         """Produce one order and wait for acks=all, or raise BrokerUnavailableError in time.
 
         Accepted means: acknowledged by every in-sync replica AND appended by the broker before
@@ -180,7 +173,7 @@ class OrderPublisher:
         if not contract.appended_in_time(envelope, acked.timestamp, acked.timestamp_type):
             msg = "Kafka appended the order after its acceptance deadline; it will not be processed"
             raise BrokerUnavailableError(msg)
-        return Acknowledgement(partition=acked.partition, offset=acked.offset)
+        return acked
 
     async def _fetch_partitions(self, producer: AIOKafkaProducer) -> int:
         """The topic's partition count, for a producer that has no metadata for it yet."""

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from app.api import create_app
+from app.publisher import OrderPublisher
 from app.settings import Settings
 
 
@@ -20,6 +21,14 @@ async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://orders") as client:
             yield client
+
+
+def publisher_behind(client: httpx.AsyncClient) -> OrderPublisher:
+    """The running app's publisher, for tests that break its producer on purpose."""
+    transport = client._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    publisher: OrderPublisher = transport.app.state.resources.publisher  # type: ignore[attr-defined]
+    return publisher
 
 
 def order_body(customer_id: str, n: int = 1, **overrides: Any) -> dict[str, Any]:

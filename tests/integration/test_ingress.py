@@ -10,11 +10,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from app import contract
 from app.settings import Settings
-from tests.integration.api_client import api_client, order_body
+from tests.integration.api_client import api_client, order_body, publisher_behind
 from tests.integration.conftest import make_settings
 from tests.integration.kafka_tools import end_offsets, read_topic
 from tests.integration.services import Endpoints
@@ -202,9 +200,7 @@ async def test_a_broken_producer_is_replaced_and_readiness_reports_it_meanwhile(
     from aiokafka.errors import OutOfOrderSequenceNumber
 
     async with api_client(settings) as client:
-        transport = client._transport
-        assert isinstance(transport, httpx.ASGITransport)
-        publisher = transport.app.state.resources.publisher  # type: ignore[attr-defined]
+        publisher = publisher_behind(client)
 
         # A fatal sequence error: this request gets 503, the producer is thrown away.
         broken = publisher._producer
@@ -242,9 +238,7 @@ async def test_an_order_racing_a_producer_replacement_gets_503_not_500(
     settings: Settings,
 ) -> None:
     async with api_client(settings) as client:
-        transport = client._transport
-        assert isinstance(transport, httpx.ASGITransport)
-        publisher = transport.app.state.resources.publisher  # type: ignore[attr-defined]
+        publisher = publisher_behind(client)
         # As if the supervisor closed the batches while this request fetched metadata.
         await publisher._batches.close()
         refused = await client.post("/orders", json=order_body("c-race"))
