@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from app.errors import ConfigurationError
-from app.logging import configure_logging
+from app.log_config import configure_logging
 from app.operations import commands as operations
 from app.settings import Settings, get_settings
 

@@ -1,4 +1,4 @@
-"""Read queries for the API. The worker's write path lives in app.worker.ledger."""
+"""Read queries for the API. The worker's write path lives in app.worker.order_store."""
 
 from __future__ import annotations
 

@@ -7,7 +7,9 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Identity,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -16,7 +18,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 metadata = MetaData(
     naming_convention={
@@ -58,4 +60,64 @@ consumer_positions = Table(
     Column("owner", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("next_offset >= 0", name="next_offset_non_negative"),
+)
+
+# A record that could neither be stored nor dead-lettered (too large for the DLQ topic, or the
+# DLQ unreachable for longer than a bound), kept whole with its provenance and error, in the same
+# transaction that moves the position past it. Nothing is skipped without a trace.
+quarantined_records = Table(
+    "quarantined_records",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("group_id", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("record_key", LargeBinary),
+    Column("record_value", LargeBinary),
+    Column("header_names", ARRAY(Text), nullable=False),
+    Column("header_values", ARRAY(LargeBinary), nullable=False),
+    Column("record_timestamp", BigInteger, nullable=False),
+    Column("record_timestamp_type", Integer, nullable=False),
+    Column("error_class", Text, nullable=False),
+    Column("error_message", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("worker", Text, nullable=False),
+    Column("quarantined_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("group_id", "topic", "partition", "offset"),
+)
+
+# Offset ranges a group passed without a record to process: transaction markers, aborted
+# transactions, records deleted by retention or delete_records. What an operator reads to know
+# what was skipped, and why.
+skipped_offsets = Table(
+    "skipped_offsets",
+    metadata,
+    Column("group_id", Text, primary_key=True),
+    Column("topic", Text, primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("from_offset", BigInteger, primary_key=True),
+    Column("to_offset", BigInteger, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("worker", Text, nullable=False),
+    Column("detected_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("to_offset > from_offset", name="range"),
+)
+
+# Idempotency-Key (IETF draft "The Idempotency-Key HTTP Header Field"): per client scope and
+# key, a fingerprint of the first request's body and its answer, kept until `expires_at`.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("scope", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("fingerprint", LargeBinary, nullable=False),
+    Column("order_id", UUID(as_uuid=True), nullable=False),
+    Column("state", Text, nullable=False),
+    Column("partition", Integer),
+    Column("offset", BigInteger),
+    Column("lease_until", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+    CheckConstraint("state IN ('in_flight', 'completed', 'failed')", name="state"),
 )

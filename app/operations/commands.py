@@ -71,8 +71,8 @@ def offsets_reset(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
-    from app.operations.dead_letters import list_dead_letters
-    from app.worker import dead_letters as dlq
+    from app import dlq_headers as dlq
+    from app.operations.dlq import list_dead_letters
 
     letters = asyncio.run(list_dead_letters(settings.kafka, args.start, args.limit))
     for letter in letters:
@@ -87,7 +87,7 @@ def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from app.operations.dead_letters import replay_dead_letter
+    from app.operations.dlq import replay_dead_letter
 
     if not args.execute:
         print(

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.positions import read_positions
 from app.operations.kafka_clients import offsets_consumer, topic_partitions
 from app.settings import Settings
-from app.worker.ledger import read_positions
 
 
 @dataclass(frozen=True)

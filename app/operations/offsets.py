@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.positions import read_positions, set_position
 from app.errors import OrdersError
 from app.operations.kafka_clients import (
     active_members,
@@ -24,7 +24,6 @@ from app.operations.kafka_clients import (
     topic_partitions,
 )
 from app.settings import Settings
-from app.worker.ledger import read_positions
 
 RESET_OWNER = "operator reset"
 
@@ -70,16 +69,6 @@ async def plan_reset(
     return moves
 
 
-_SET_POSITION = text(
-    """
-    INSERT INTO consumer_positions (group_id, topic, partition, next_offset, owner)
-    VALUES (:group_id, :topic, :partition, :next_offset, :owner)
-    ON CONFLICT (group_id, topic, partition)
-    DO UPDATE SET next_offset = EXCLUDED.next_offset, owner = EXCLUDED.owner, updated_at = now()
-    """
-)
-
-
 async def apply_reset(settings: Settings, engine: AsyncEngine, moves: list[Move]) -> None:
     topic, group = settings.kafka.orders_topic, settings.worker.group_id
     async with admin_client(settings.kafka) as admin:
@@ -89,15 +78,13 @@ async def apply_reset(settings: Settings, engine: AsyncEngine, moves: list[Move]
         raise ResetRefusedError(msg)
     async with engine.begin() as connection:
         for move in moves:
-            await connection.execute(
-                _SET_POSITION,
-                {
-                    "group_id": group,
-                    "topic": topic,
-                    "partition": move.partition,
-                    "next_offset": move.new,
-                    "owner": RESET_OWNER,
-                },
+            await set_position(
+                connection,
+                group_id=group,
+                topic=topic,
+                partition=move.partition,
+                next_offset=move.new,
+                owner=RESET_OWNER,
             )
     async with offsets_consumer(settings.kafka, group) as consumer:
         consumer.assign([TopicPartition(topic, m.partition) for m in moves])

@@ -34,18 +34,13 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import contract
+from app import contract, dlq_headers
+from app.db.positions import PartitionSpan, claim_partitions, read_positions
 from app.errors import PoisonRecordError
 from app.settings import Settings
-from app.worker import dead_letters, faults
-from app.worker.dead_letters import DeadLetterPublisher
-from app.worker.ledger import (
-    IncomingOrder,
-    PartitionSpan,
-    claim_partitions,
-    read_positions,
-    store_batch,
-)
+from app.worker import faults
+from app.worker.dlq_publisher import DeadLetterPublisher
+from app.worker.order_store import IncomingOrder, store_batch
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +204,12 @@ class OrderWorker:
             faults.hit("before_db_transaction")
             scope = {"group_id": self._group, "topic": self._topic, "owner": self.name}
             async with self.engine.begin() as connection:
-                fenced = await claim_partitions(connection, **scope, spans=prepared.spans)
+                stored = await claim_partitions(connection, **scope, spans=prepared.spans)
+                fenced = {
+                    s.partition: stored[s.partition]
+                    for s in prepared.spans
+                    if stored[s.partition] != s.start
+                }
                 # Dead letters go out while this member holds the positions' locks, and only
                 # for partitions it still owns: a fenced batch dead-letters nothing. (A crash
                 # between their acks and the COMMIT below can still send one twice.)
@@ -226,15 +226,15 @@ class OrderWorker:
                 )
                 faults.hit("inside_db_transaction")
             faults.hit("after_db_commit")
-            for partition, stored in result.fenced.items():
+            for partition, position in result.fenced.items():
                 # Someone else moved this partition on: whatever we fetched is not ours to write.
                 log.warning(
                     "partition %d fenced: stored position %d, batch began at %d; seeking there",
                     partition,
-                    stored,
+                    position,
                     next(s.start for s in prepared.spans if s.partition == partition),
                 )
-                self._consumer.seek(TopicPartition(self._topic, partition), stored)
+                self._consumer.seek(TopicPartition(self._topic, partition), position)
             done = {
                 TopicPartition(self._topic, s.partition): OffsetAndMetadata(s.end, "")
                 for s in prepared.spans
@@ -411,9 +411,9 @@ def _append_time(record: Record) -> tuple[int, int]:
     first journey; the replay's own time would make every replayed order look late.
     """
     headers = dict(record.headers or ())
-    if dead_letters.H_REPLAYED_FROM in headers and dead_letters.H_TIMESTAMP in headers:
-        timestamp_type = headers.get(dead_letters.H_TIMESTAMP_TYPE, b"0")
-        return int(headers[dead_letters.H_TIMESTAMP]), int(timestamp_type)
+    if dlq_headers.H_REPLAYED_FROM in headers and dlq_headers.H_TIMESTAMP in headers:
+        timestamp_type = headers.get(dlq_headers.H_TIMESTAMP_TYPE, b"0")
+        return int(headers[dlq_headers.H_TIMESTAMP]), int(timestamp_type)
     return record.timestamp, record.timestamp_type
 
 

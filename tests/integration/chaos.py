@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.settings import Settings
-from tests.integration.ledger import stored_positions
+from tests.integration.oracle import stored_positions
 from tests.integration.processes import OrdersProcess
 
 

@@ -21,7 +21,7 @@ from app.settings import (
     WorkerSettings,
 )
 from app.topics import ensure_topics
-from tests.integration.services import Endpoints, real_services
+from tests.integration.endpoints import Endpoints, real_services
 
 pytestmark = pytest.mark.integration
 

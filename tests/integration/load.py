@@ -11,7 +11,7 @@ import httpx
 from app import contract
 from app.settings import Settings
 from tests.integration.api_client import api_client, order_body
-from tests.integration.ledger import Expectations
+from tests.integration.oracle import Expectations
 
 
 def customers_for(run: str, count: int) -> list[str]:

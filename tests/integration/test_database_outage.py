@@ -11,11 +11,11 @@ from app.settings import DatabaseSettings
 from app.topics import ensure_topics
 from tests.integration.api_client import api_client
 from tests.integration.conftest import make_settings
+from tests.integration.endpoints import Endpoints
 from tests.integration.kafka_tools import end_offsets, non_empty
-from tests.integration.ledger import Expectations, check_ledger, stored_positions, wait_until_stored
 from tests.integration.load import customers_for, place_orders
+from tests.integration.oracle import Expectations, check_ledger, stored_positions, wait_until_stored
 from tests.integration.processes import OrdersProcess
-from tests.integration.services import Endpoints
 from tests.integration.throwaway import throwaway_postgres
 from tests.integration.worker_harness import committed_offsets
 

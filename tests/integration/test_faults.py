@@ -31,16 +31,16 @@ from app.topics import ensure_topics
 from tests.integration.api_client import api_client
 from tests.integration.chaos import WorkerPool, watching_positions
 from tests.integration.conftest import make_settings
+from tests.integration.endpoints import Endpoints
 from tests.integration.kafka_tools import end_offsets, non_empty, read_topic
-from tests.integration.ledger import (
+from tests.integration.load import customers_for, orders_accepted, place_orders
+from tests.integration.oracle import (
     Expectations,
     LedgerReport,
     check_ledger,
     stored_positions,
     wait_until_stored,
 )
-from tests.integration.load import customers_for, orders_accepted, place_orders
-from tests.integration.services import Endpoints
 from tests.integration.throwaway import ThrowawayCluster, throwaway_cluster, throwaway_postgres
 from tests.integration.worker_harness import committed_offsets
 

@@ -14,8 +14,8 @@ from app import contract
 from app.settings import Settings
 from tests.integration.api_client import api_client, order_body, publisher_behind
 from tests.integration.conftest import make_settings
+from tests.integration.endpoints import Endpoints
 from tests.integration.kafka_tools import end_offsets, read_topic
-from tests.integration.services import Endpoints
 from tests.integration.throwaway import throwaway_cluster
 
 JSON = {"content-type": "application/json"}

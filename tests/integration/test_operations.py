@@ -14,14 +14,14 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import contract
-from app.operations.dead_letters import REPLAYED_FROM, list_dead_letters, replay_dead_letter
+from app import dlq_headers as dlq
+from app.operations.dlq import REPLAYED_FROM, list_dead_letters, replay_dead_letter
 from app.operations.lag import group_lag
 from app.operations.offsets import ResetRefusedError, Target, apply_reset, plan_reset
 from app.settings import Settings
-from app.worker import dead_letters as dlq
 from tests.integration.kafka_tools import end_offsets, non_empty, read_topic
-from tests.integration.ledger import Expectations, check_ledger, stored_positions, wait_until_stored
 from tests.integration.load import customers_for, orders_accepted
+from tests.integration.oracle import Expectations, check_ledger, stored_positions, wait_until_stored
 from tests.integration.processes import settings_env
 from tests.integration.waiting import eventually
 from tests.integration.worker_harness import committed_offsets, worker_running

@@ -14,19 +14,18 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import contract
+from app import contract, dlq_headers
 from app.db.tables import consumer_positions, orders
 from app.settings import Settings
-from app.worker import dead_letters
 from tests.integration.api_client import api_client
 from tests.integration.kafka_tools import end_offsets, non_empty, read_topic
-from tests.integration.ledger import (
+from tests.integration.load import customers_for, orders_accepted, place_orders
+from tests.integration.oracle import (
     Expectations,
     check_ledger,
     stored_positions,
     wait_until_stored,
 )
-from tests.integration.load import customers_for, orders_accepted, place_orders
 from tests.integration.processes import OrdersProcess
 from tests.integration.waiting import eventually
 from tests.integration.worker_harness import committed_offsets, worker_running
@@ -191,16 +190,16 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_the_rest_flows(
     poison_offsets = [r.offset for r in source if r.value in poison]
     for record, offset, value in zip(dead, poison_offsets, poison, strict=True):
         headers = {key: raw.decode() for key, raw in record.headers}
-        assert headers[dead_letters.H_TOPIC] == settings.kafka.orders_topic
-        assert headers[dead_letters.H_PARTITION] == str(source[0].partition)
-        assert headers[dead_letters.H_OFFSET] == str(offset)
-        assert headers[dead_letters.H_ERROR_CLASS] == "PoisonRecordError"
+        assert headers[dlq_headers.H_TOPIC] == settings.kafka.orders_topic
+        assert headers[dlq_headers.H_PARTITION] == str(source[0].partition)
+        assert headers[dlq_headers.H_OFFSET] == str(offset)
+        assert headers[dlq_headers.H_ERROR_CLASS] == "PoisonRecordError"
         assert (
             poison[value]
-            in headers[dead_letters.H_ERROR_MESSAGE] + headers[dead_letters.H_ERROR_CLASS]
+            in headers[dlq_headers.H_ERROR_MESSAGE] + headers[dlq_headers.H_ERROR_CLASS]
         )
-        assert headers[dead_letters.H_WORKER] == worker.name
-        assert datetime.fromisoformat(headers[dead_letters.H_FAILED_AT]).tzinfo is not None
+        assert headers[dlq_headers.H_WORKER] == worker.name
+        assert datetime.fromisoformat(headers[dlq_headers.H_FAILED_AT]).tzinfo is not None
         assert headers["request-id"] == "bad"  # the original headers travel along
     ends = await end_offsets(settings.kafka.bootstrap_servers, settings.kafka.orders_topic)
     assert await stored_positions(

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from app import dlq_headers as dlq
 from app.operations.kafka_clients import offsets_consumer
 from app.publisher import build_producer, close_producer
 from app.settings import KafkaSettings
-from app.worker import dead_letters as dlq
 
 REPLAYED_FROM = dlq.H_REPLAYED_FROM
 KEPT_ON_REPLAY = {dlq.H_TIMESTAMP, dlq.H_TIMESTAMP_TYPE}

@@ -9,21 +9,19 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
+from app.dlq_headers import (
+    H_ERROR_CLASS,
+    H_ERROR_MESSAGE,
+    H_FAILED_AT,
+    H_OFFSET,
+    H_PARTITION,
+    H_TIMESTAMP,
+    H_TIMESTAMP_TYPE,
+    H_TOPIC,
+    H_WORKER,
+)
 from app.publisher import build_producer, close_producer
 from app.settings import KafkaSettings
-
-# Header names follow Kafka Connect's dead-letter convention where one exists.
-H_TOPIC = "dlq.original.topic"
-H_PARTITION = "dlq.original.partition"
-H_OFFSET = "dlq.original.offset"
-H_TIMESTAMP = "dlq.original.timestamp"
-H_TIMESTAMP_TYPE = "dlq.original.timestamp.type"
-H_ERROR_CLASS = "dlq.error.class"
-H_ERROR_MESSAGE = "dlq.error.message"
-H_WORKER = "dlq.worker"
-H_FAILED_AT = "dlq.failed.at"
-# Set by `orders dlq replay` on a record it sends back to the orders topic.
-H_REPLAYED_FROM = "dlq.replayed.from"
 
 
 def dead_letter_headers(

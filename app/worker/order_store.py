@@ -25,17 +25,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.contract import OrderEnvelope, OrderLine
+from app.db.positions import PartitionSpan, advance_positions
 
 _LINES_JSON = TypeAdapter(tuple[OrderLine, ...])
-
-
-@dataclass(frozen=True)
-class PartitionSpan:
-    """The offsets one batch covers on one partition: [start, end)."""
-
-    partition: int
-    start: int
-    end: int
 
 
 @dataclass(frozen=True)
@@ -62,25 +54,6 @@ _ORDER_ARRAYS = (
     bindparam("partitions", type_=ARRAY(INTEGER)),
     bindparam("offsets", type_=ARRAY(BIGINT)),
 )
-
-_INIT_POSITIONS = text(
-    """
-    INSERT INTO consumer_positions (group_id, topic, partition, next_offset, owner)
-    SELECT :group_id, :topic, p, o, :owner FROM unnest(:partitions, :starts) AS t(p, o)
-    ON CONFLICT DO NOTHING
-    """
-).bindparams(
-    bindparam("partitions", type_=ARRAY(INTEGER)), bindparam("starts", type_=ARRAY(BIGINT))
-)
-
-_LOCK_POSITIONS = text(
-    """
-    SELECT partition, next_offset FROM consumer_positions
-    WHERE group_id = :group_id AND topic = :topic AND partition = ANY(:partitions)
-    ORDER BY partition
-    FOR UPDATE
-    """
-).bindparams(bindparam("partitions", type_=ARRAY(INTEGER)))
 
 # The batch as a relation: one array per column, bound to unnest().
 _INCOMING = """incoming AS (
@@ -150,55 +123,6 @@ _INSERT_NEW_ORDERS = text(
     """
 ).bindparams(*_ORDER_ARRAYS)
 
-_ADVANCE_POSITIONS = text(
-    """
-    UPDATE consumer_positions AS p
-    SET next_offset = t.next_offset, owner = :owner, updated_at = now()
-    FROM unnest(:partitions, :ends) AS t(partition, next_offset)
-    WHERE p.group_id = :group_id AND p.topic = :topic AND p.partition = t.partition
-    """
-).bindparams(bindparam("partitions", type_=ARRAY(INTEGER)), bindparam("ends", type_=ARRAY(BIGINT)))
-
-_READ_POSITIONS = text(
-    """
-    SELECT partition, next_offset FROM consumer_positions
-    WHERE group_id = :group_id AND topic = :topic AND partition = ANY(:partitions)
-    """
-).bindparams(bindparam("partitions", type_=ARRAY(INTEGER)))
-
-
-async def read_positions(
-    connection: AsyncConnection, group_id: str, topic: str, partitions: Sequence[int]
-) -> dict[int, int]:
-    """Stored next offsets for these partitions (missing ones were never processed)."""
-    result = await connection.execute(
-        _READ_POSITIONS, {"group_id": group_id, "topic": topic, "partitions": list(partitions)}
-    )
-    return {row.partition: row.next_offset for row in result}
-
-
-async def claim_partitions(
-    connection: AsyncConnection,
-    *,
-    group_id: str,
-    topic: str,
-    owner: str,
-    spans: Sequence[PartitionSpan],
-) -> dict[int, int]:
-    """Lock this group's positions of the batch's partitions (step 1 of the module docstring).
-
-    Returns the fenced partitions, each with the stored position the batch did not begin at.
-    The locks are held until the caller's transaction ends.
-    """
-    scope = {"group_id": group_id, "topic": topic, "owner": owner}
-    partitions = [span.partition for span in spans]
-    await connection.execute(
-        _INIT_POSITIONS, {**scope, "partitions": partitions, "starts": [s.start for s in spans]}
-    )
-    locked = await connection.execute(_LOCK_POSITIONS, {**scope, "partitions": partitions})
-    stored = {row.partition: row.next_offset for row in locked}
-    return {s.partition: stored[s.partition] for s in spans if stored[s.partition] != s.start}
-
 
 async def store_batch(
     connection: AsyncConnection,
@@ -214,17 +138,7 @@ async def store_batch(
     accepted = [order for order in orders if order.partition not in fenced]
     inserted = await _insert_orders(connection, accepted) if accepted else 0
     moving = [span for span in spans if span.partition not in fenced]
-    if moving:
-        await connection.execute(
-            _ADVANCE_POSITIONS,
-            {
-                "group_id": group_id,
-                "topic": topic,
-                "owner": owner,
-                "partitions": [span.partition for span in moving],
-                "ends": [span.end for span in moving],
-            },
-        )
+    await advance_positions(connection, group_id=group_id, topic=topic, owner=owner, spans=moving)
     return BatchResult(inserted=inserted, fenced=fenced)
 
 
