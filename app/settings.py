@@ -80,6 +80,9 @@ class ApiSettings(BaseSettings):
     # still in flight at the deadline (without it, the answer would be 503 for a stored order).
     ack_grace_s: float = Field(default=2.0, ge=0)
     retry_after_s: int = Field(default=2, ge=1)
+    # How long an Idempotency-Key is remembered (app/api/idempotency.py); expired keys are
+    # treated as unknown, and purged in the background.
+    idempotency_retention_s: float = Field(default=24 * 3600.0, gt=0)
 
 
 class WorkerSettings(BaseSettings):
@@ -98,6 +101,10 @@ class WorkerSettings(BaseSettings):
     shutdown_timeout_s: float = Field(default=25.0, gt=0)
     retry_backoff_initial_s: float = Field(default=0.2, gt=0)
     retry_backoff_max_s: float = Field(default=5.0, gt=0)
+    # A dead letter the DLQ topic cannot take while it is unreachable fails its batch (retried)
+    # for this long; after that it is kept in PostgreSQL's quarantine table instead, so that an
+    # unreachable DLQ cannot stall the partitions for longer.
+    dlq_unreachable_quarantine_s: float = Field(default=30.0, ge=0)
 
     @model_validator(mode="after")
     def _rebalance_outlasts_batch(self) -> WorkerSettings:

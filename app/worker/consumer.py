@@ -2,19 +2,21 @@
 
 The order of events for every batch is the whole design:
 
-    getmany -> ONE PostgreSQL transaction (lock the positions, check the fence, dead-letter the
-    poison (acked), insert the orders, move the positions) -> COMMIT -> Kafka commit of exactly
-    the processed offsets (last + 1)
+    getmany -> ONE PostgreSQL transaction (app.worker.batch_writer) -> COMMIT
+            -> Kafka commit of exactly the processed offsets (the span's end)
 
 A crash anywhere before the PostgreSQL COMMIT redoes the batch; a crash after it redoes nothing,
 because the positions in PostgreSQL say where to resume and order ids absorb redeliveries.
+What a failure means (retry, or isolate a record) is decided in app.worker.failures alone.
 
 aiokafka pitfalls this module designs around:
 - `commit()` without arguments commits the *fetched* position, which may be ahead of what was
   processed: every commit here names its offsets;
 - rebalance callbacks run concurrently with this loop: a lock makes a revocation wait for the
   in-flight batch, and each batch keeps only the partitions still assigned when it starts;
-- a paused consumer must keep calling `getmany`, or it leaves the group (max.poll.interval.ms).
+- a paused consumer must keep calling `getmany`, or it leaves the group (max.poll.interval.ms);
+- `auto_offset_reset` would silently jump to the log's start or end when a position falls out
+  of range: it is off ("none"), and an out-of-range position is handled here, on the record.
 """
 
 from __future__ import annotations
@@ -26,29 +28,23 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
-from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import contract, dlq_headers
-from app.db.positions import PartitionSpan, claim_partitions, read_positions
-from app.errors import PoisonRecordError
+from app.db.positions import read_positions
 from app.settings import Settings
-from app.worker import faults
+from app.worker import faults, records
+from app.worker.batch_writer import BatchOutcome, BatchWriter, Scope
 from app.worker.dlq_publisher import DeadLetterPublisher
-from app.worker.order_store import IncomingOrder, store_batch
+from app.worker.failures import Verdict, classify
+from app.worker.fetch_positions import Batch, Bounds, FetchPositions
+from app.worker.out_of_range import recover_out_of_range
+from app.worker.records import PreparedBatch
 
 log = logging.getLogger(__name__)
-
-Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
-Batch: TypeAlias = dict[TopicPartition, list[Record]]
-
-# Failures that say "try the same batch again later", never "skip it".
-TRANSIENT_ERRORS = (SQLAlchemyError, DBAPIError, OSError, TimeoutError, KafkaError)
 
 
 def worker_name() -> str:
@@ -61,6 +57,8 @@ class WorkerStats:
     records: int = 0
     inserted: int = 0
     dead_lettered: int = 0
+    quarantined: int = 0
+    skipped_offsets: int = 0
     expired: int = 0
     fenced: int = 0
     retries: int = 0
@@ -77,22 +75,25 @@ class OrderWorker:
         self._group = settings.worker.group_id
         self._in_flight = asyncio.Lock()
         self._stopping = asyncio.Event()
-        self._consumer = self._build_consumer()
-        self._dead_letters = self._build_dead_letters()
+        self.reset_clients()
 
     def reset_clients(self) -> None:
-        """Fresh Kafka clients after a failed start (aiokafka clients cannot be restarted)."""
+        """Fresh Kafka clients (aiokafka clients cannot be restarted after a failed start)."""
         self._consumer = self._build_consumer()
-        self._dead_letters = self._build_dead_letters()
+        self._positions = FetchPositions(self._consumer)
+        self._dead_letters = DeadLetterPublisher(
+            self.settings.kafka, self.name, self.settings.worker.commit_timeout_s
+        )
+        self._writer = BatchWriter(
+            self.engine,
+            self._dead_letters,
+            Scope(self._group, self._topic, self.name),
+            self.settings.worker.dlq_unreachable_quarantine_s,
+        )
 
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
-
-    def _build_dead_letters(self) -> DeadLetterPublisher:
-        return DeadLetterPublisher(
-            self.settings.kafka, self.name, self.settings.worker.commit_timeout_s
-        )
 
     def _build_consumer(self) -> AIOKafkaConsumer:
         kafka, worker = self.settings.kafka, self.settings.worker
@@ -101,7 +102,9 @@ class OrderWorker:
             client_id=f"{kafka.client_id}-worker-{self.name}",
             group_id=worker.group_id,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # Never jump silently: where to start is decided in _on_assigned, and a position
+            # out of range is handled in _fetch (see app.worker.out_of_range).
+            auto_offset_reset="none",
             # Never see records of aborted transactions (tools or future producers may use them).
             isolation_level="read_committed",
             session_timeout_ms=worker.session_timeout_ms,
@@ -142,11 +145,18 @@ class OrderWorker:
         """
         backoff = self.settings.worker.retry_backoff_initial_s
         storing: asyncio.Task[None] | None = None
-        stored_batch: Batch = {}
+        stored: PreparedBatch | None = None
         try:
             while not self._stopping.is_set():
-                batch = await self._fetch()
-                prepared = await _prepare(batch) if batch else None
+                batch, bounds = await self._fetch()
+                if not batch and not bounds and storing is None:
+                    # Idle: make sure no offsets were passed unaccounted (fetch_positions).
+                    for tp in self._positions.reconcile():
+                        log.info(
+                            "partition %d: fetching again from where its batches ended",
+                            tp.partition,
+                        )
+                prepared = await records.prepare(batch, bounds) if batch or bounds else None
                 if storing is not None:
                     failure = await _outcome(storing)
                     storing = None
@@ -156,13 +166,13 @@ class OrderWorker:
                         log.warning(
                             "batch failed (%r); retrying from its start in %.1fs", failure, backoff
                         )
-                        await self._back_off([stored_batch, batch], backoff)
+                        await self._back_off([stored, prepared], backoff)
                         backoff = min(backoff * 2, self.settings.worker.retry_backoff_max_s)
                         continue
                     backoff = self.settings.worker.retry_backoff_initial_s
-                if prepared is not None:
+                if prepared is not None and prepared.spans:
                     storing = asyncio.create_task(self._store_in_time(prepared))
-                    stored_batch = batch
+                    stored = prepared
         finally:
             # However the loop ends, the batch being stored finishes (or fails) before we leave.
             if storing is not None:
@@ -170,11 +180,11 @@ class OrderWorker:
                 if failure is not None:
                     log.warning("last batch failed (%r); the next owner redoes it", failure)
 
-    async def _fetch(self) -> Batch:
+    async def _fetch(self) -> tuple[Batch, Bounds]:
         """getmany, unless a stop is requested first: getmany waits without bound while the
         group cannot finish a rebalance, and SIGTERM must still drain and leave."""
         fetch = asyncio.ensure_future(
-            self._consumer.getmany(
+            self._positions.getmany(
                 timeout_ms=self.settings.worker.fetch_timeout_ms,
                 max_records=self.settings.worker.max_records,
             )
@@ -186,9 +196,45 @@ class OrderWorker:
             fetch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await fetch
-            return {}
-        batch: Batch = fetch.result()
-        return batch
+            return {}, {}
+        try:
+            return fetch.result()
+        except OffsetOutOfRangeError as exc:
+            await self._recover(exc)
+        except NoOffsetForPartitionError as exc:
+            # aiokafka looks for a committed offset as soon as a partition is assigned, while
+            # _on_assigned is still positioning it: the error may be stale by now.
+            unpositioned = [tp for tp in exc.args if not self._positions.has_position(tp)]
+            if unpositioned:
+                log.warning("no position for %s; positioning from Kafka", unpositioned)
+                with contextlib.suppress(KafkaError, TimeoutError):
+                    async with asyncio.timeout(self.settings.worker.commit_timeout_s):
+                        await self._position_from_kafka(unpositioned)
+        except KafkaError as exc:
+            if classify(exc) is not Verdict.TRANSIENT:
+                raise
+            log.warning("fetch failed (%r); fetching again", exc)
+            await asyncio.sleep(self.settings.worker.retry_backoff_initial_s)
+        return {}, {}
+
+    async def _recover(self, exc: OffsetOutOfRangeError) -> None:
+        positions: dict[TopicPartition, int] = exc.args[0] if exc.args else {}
+        for tp, offset in positions.items():
+            async with self._in_flight:
+                try:
+                    resume_at = await recover_out_of_range(
+                        self._consumer,
+                        self.engine,
+                        Scope(self._group, self._topic, self.name),
+                        tp,
+                        offset,
+                    )
+                except (KafkaError, TimeoutError, OSError) as failure:
+                    log.warning("could not recover %s from out of range (%r)", tp, failure)
+                    await asyncio.sleep(self.settings.worker.retry_backoff_initial_s)
+                    continue
+                if tp in self._consumer.assignment():
+                    self._positions.seek(tp, resume_at)
 
     # --- one batch -------------------------------------------------------------------------
 
@@ -198,35 +244,13 @@ class OrderWorker:
     async def _store(self, prepared: PreparedBatch) -> None:
         async with self._in_flight:
             # A rebalance may have revoked partitions since getmany returned: drop their records.
-            prepared = prepared.only(self._consumer.assignment())
+            prepared = prepared.only({tp.partition for tp in self._consumer.assignment()})
             if not prepared.spans:
                 return
             faults.hit("before_db_transaction")
-            scope = {"group_id": self._group, "topic": self._topic, "owner": self.name}
-            async with self.engine.begin() as connection:
-                stored = await claim_partitions(connection, **scope, spans=prepared.spans)
-                fenced = {
-                    s.partition: stored[s.partition]
-                    for s in prepared.spans
-                    if stored[s.partition] != s.start
-                }
-                # Dead letters go out while this member holds the positions' locks, and only
-                # for partitions it still owns: a fenced batch dead-letters nothing. (A crash
-                # between their acks and the COMMIT below can still send one twice.)
-                poison = [(r, e) for r, e in prepared.poison if r.partition not in fenced]
-                if poison:
-                    await self._dead_letters.publish(poison)
-                    faults.hit("after_dead_letter")
-                result = await store_batch(
-                    connection,
-                    **scope,
-                    spans=prepared.spans,
-                    orders=prepared.orders,
-                    fenced=fenced,
-                )
-                faults.hit("inside_db_transaction")
+            outcome = await self._writer.write(prepared)
             faults.hit("after_db_commit")
-            for partition, position in result.fenced.items():
+            for partition, position in outcome.fenced.items():
                 # Someone else moved this partition on: whatever we fetched is not ours to write.
                 log.warning(
                     "partition %d fenced: stored position %d, batch began at %d; seeking there",
@@ -234,14 +258,15 @@ class OrderWorker:
                     position,
                     next(s.start for s in prepared.spans if s.partition == partition),
                 )
-                self._consumer.seek(TopicPartition(self._topic, partition), position)
-            done = {
-                TopicPartition(self._topic, s.partition): OffsetAndMetadata(s.end, "")
-                for s in prepared.spans
-                if s.partition not in result.fenced
-            }
-            await self._commit_to_kafka(done)
-            self._count(prepared, result.inserted, len(result.fenced))
+                self._positions.seek(TopicPartition(self._topic, partition), position)
+            written = outcome.written.spans if outcome.written is not None else []
+            await self._commit_to_kafka(
+                {
+                    TopicPartition(self._topic, s.partition): OffsetAndMetadata(s.end, "")
+                    for s in written
+                }
+            )
+            self._count(outcome)
 
     async def _commit_to_kafka(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         """Mirror the stored positions into the group's offsets, for lag tools; best effort."""
@@ -255,18 +280,18 @@ class OrderWorker:
             # PostgreSQL already holds the truth; the next owner seeks from there.
             log.warning("Kafka commit failed (%r); positions are safe in PostgreSQL", exc)
 
-    async def _back_off(self, batches: list[Batch], delay: float) -> None:
-        """Rewind to the first unstored record, pause fetching, and keep polling (so we stay in
-        the group) until the delay is over."""
+    async def _back_off(self, batches: list[PreparedBatch | None], delay: float) -> None:
+        """Rewind to the start of every unstored span, pause fetching, and keep polling (so we
+        stay in the group) until the delay is over."""
         rewind: dict[TopicPartition, int] = {}
         for batch in batches:
-            for tp, records in batch.items():
-                if records:
-                    rewind[tp] = min(rewind.get(tp, records[0].offset), records[0].offset)
+            for span in batch.spans if batch is not None else []:
+                tp = TopicPartition(self._topic, span.partition)
+                rewind[tp] = min(rewind.get(tp, span.start), span.start)
         assigned = self._consumer.assignment()
         for tp, offset in rewind.items():
             if tp in assigned:
-                self._consumer.seek(tp, offset)
+                self._positions.seek(tp, offset)
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + delay
@@ -274,26 +299,35 @@ class OrderWorker:
                 # Pause again each round: a rebalance meanwhile may have assigned new partitions.
                 self._consumer.pause(*self._consumer.assignment())
                 remaining_ms = max(1, int((deadline - loop.time()) * 1000))
-                stray = await self._consumer.getmany(timeout_ms=min(remaining_ms, 500))
-                for tp, records in stray.items():  # fetched before the pause took effect
-                    if records:
-                        self._consumer.seek(tp, records[0].offset)
+                with contextlib.suppress(KafkaError):
+                    stray = await self._consumer.getmany(timeout_ms=min(remaining_ms, 500))
+                    for tp, fetched in stray.items():  # fetched before the pause took effect
+                        if fetched:
+                            self._positions.seek(tp, fetched[0].offset)
         finally:
             self._consumer.resume(*self._consumer.assignment())
 
-    def _count(self, prepared: PreparedBatch, inserted: int, fenced: int) -> None:
+    def _count(self, outcome: BatchOutcome) -> None:
+        written = outcome.written
         self.stats.batches += 1
-        self.stats.records += prepared.size
-        self.stats.inserted += inserted
-        self.stats.dead_lettered += len(prepared.poison)
-        self.stats.expired += prepared.expired
-        self.stats.fenced += fenced
-        for span in prepared.spans:
+        self.stats.fenced += len(outcome.fenced)
+        self.stats.inserted += outcome.inserted
+        self.stats.dead_lettered += outcome.dead_lettered
+        self.stats.quarantined += outcome.quarantined
+        self.stats.skipped_offsets += outcome.skipped_offsets
+        if written is None:
+            return
+        records.log_expired(written.expired)
+        self.stats.records += written.size
+        self.stats.expired += len(written.expired)
+        for span in written.spans:
             self.stats.positions[span.partition] = span.end
 
     # --- rebalancing -----------------------------------------------------------------------
 
     async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self._positions.moved()
+        self._positions.forget(revoked)
         try:
             async with asyncio.timeout(self.settings.worker.batch_timeout_s):
                 async with self._in_flight:
@@ -303,27 +337,58 @@ class OrderWorker:
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     async def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        mine = [tp for tp in assigned if tp.topic == self._topic]
+        self._positions.moved()
+        mine = sorted(
+            (tp for tp in assigned if tp.topic == self._topic), key=lambda tp: tp.partition
+        )
         if not mine:
             return
+        timeout = self.settings.worker.commit_timeout_s
         try:
-            async with asyncio.timeout(self.settings.worker.commit_timeout_s):
+            async with asyncio.timeout(timeout):
                 async with self.engine.connect() as connection:
                     stored = await read_positions(
                         connection, self._group, self._topic, [tp.partition for tp in mine]
                     )
-        except TRANSIENT_ERRORS as exc:
+        except Exception as exc:
+            if classify(exc) is not Verdict.TRANSIENT:
+                raise
             # Start from Kafka's committed offsets instead; the fence corrects any difference.
             log.warning("could not read positions from PostgreSQL (%r)", exc)
             stored = {}
         for tp in mine:
             if tp.partition in stored:
-                self._consumer.seek(tp, stored[tp.partition])
+                self._positions.seek(tp, stored[tp.partition])
+        unpositioned = [tp for tp in mine if tp.partition not in stored]
+        try:
+            async with asyncio.timeout(timeout):
+                await self._position_from_kafka(unpositioned)
+        except (TimeoutError, KafkaError) as exc:
+            # getmany then raises NoOffsetForPartitionError for them, handled in _fetch.
+            log.warning("could not position %s (%r)", unpositioned, exc)
         log.info(
             "partitions assigned: %s (resuming at %s)",
-            sorted(tp.partition for tp in mine),
-            {p: stored.get(p, "committed") for p in sorted(tp.partition for tp in mine)},
+            [tp.partition for tp in mine],
+            {tp.partition: stored.get(tp.partition, "committed") for tp in mine},
         )
+
+    async def _position_from_kafka(self, partitions: list[TopicPartition]) -> None:
+        """A partition PostgreSQL has no position for: Kafka's committed offset, else the
+        log's beginning (a new group reads the whole topic)."""
+        fresh = []
+        for tp in partitions:
+            committed = await self._consumer.committed(tp)
+            if committed is None:
+                fresh.append(tp)
+            else:
+                self._positions.seek(tp, committed)
+        if fresh:
+            await self._seek_to_beginning(fresh)
+
+    async def _seek_to_beginning(self, partitions: list[TopicPartition]) -> None:
+        self._positions.moved()
+        self._positions.forget(partitions)
+        await self._consumer.seek_to_beginning(*partitions)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -337,91 +402,19 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._worker._on_assigned(assigned)
 
 
-@dataclass(frozen=True)
-class PreparedBatch:
-    """A fetched batch, parsed: its orders, its poison records, and the span of each partition."""
-
-    orders: list[IncomingOrder]
-    poison: list[tuple[Record, Exception]]
-    spans: list[PartitionSpan]
-    size: int
-    expired: int = 0
-
-    def only(self, assigned: set[TopicPartition]) -> PreparedBatch:
-        """The part of the batch on partitions still assigned to this member."""
-        partitions = {tp.partition for tp in assigned}
-        if all(span.partition in partitions for span in self.spans):
-            return self
-        spans = [span for span in self.spans if span.partition in partitions]
-        return PreparedBatch(
-            orders=[order for order in self.orders if order.partition in partitions],
-            poison=[(r, e) for r, e in self.poison if r.partition in partitions],
-            spans=spans,
-            size=sum(span.end - span.start for span in spans),
-            expired=self.expired,
-        )
-
-
-# Parsing yields to the event loop this often, so that the batch being stored meanwhile can send
-# its next statement instead of waiting for the whole parse (the loop has one thread).
-_PARSE_SLICE = 100
-
-
-async def _prepare(batch: Batch) -> PreparedBatch:
-    orders: list[IncomingOrder] = []
-    poison: list[tuple[Record, Exception]] = []
-    expired: list[contract.OrderEnvelope] = []
-    spans: list[PartitionSpan] = []
-    for records in batch.values():
-        if not records:
-            continue
-        spans.append(PartitionSpan(records[0].partition, records[0].offset, records[-1].offset + 1))
-        for index, record in enumerate(records):
-            if index % _PARSE_SLICE == 0:
-                await asyncio.sleep(0)
-            try:
-                envelope = contract.decode(record.value)
-                in_time = contract.appended_in_time(envelope, *_append_time(record))
-            except PoisonRecordError as exc:
-                poison.append((record, exc))
-                continue
-            except (ValueError, OverflowError) as exc:  # e.g. a deadline in year 1
-                poison.append((record, PoisonRecordError(f"unusable accept_by: {exc}")))
-                continue
-            if not in_time:
-                # The API answered 503 for it (it reached the log too late): never processed.
-                expired.append(envelope)
-                continue
-            orders.append(IncomingOrder(envelope, record.partition, record.offset))
-    for envelope in expired:
-        log.warning(
-            "order %s of customer %s reached Kafka after its acceptance deadline %s "
-            "(the client was answered 503): not processed",
-            envelope.order_id,
-            envelope.customer_id,
-            envelope.accept_by.isoformat(),
-        )
-    return PreparedBatch(orders, poison, spans, sum(len(r) for r in batch.values()), len(expired))
-
-
-def _append_time(record: Record) -> tuple[int, int]:
-    """When the broker first took this record, and by whose clock.
-
-    A dead letter that an operator sent back (`orders dlq replay`) carries the append time of its
-    first journey; the replay's own time would make every replayed order look late.
-    """
-    headers = dict(record.headers or ())
-    if dlq_headers.H_REPLAYED_FROM in headers and dlq_headers.H_TIMESTAMP in headers:
-        timestamp_type = headers.get(dlq_headers.H_TIMESTAMP_TYPE, b"0")
-        return int(headers[dlq_headers.H_TIMESTAMP]), int(timestamp_type)
-    return record.timestamp, record.timestamp_type
-
-
 async def _outcome(task: asyncio.Task[None]) -> BaseException | None:
-    """Wait for a batch to be stored; a transient failure is returned, anything else raised."""
+    """Wait for a batch to be stored; a failure is returned (the batch is retried).
+
+    Deterministic failures never reach here: the batch writer isolates the records they
+    belong to. Whatever does is retried with a back-off (see app.worker.failures).
+    """
     try:
         await task
-    except TRANSIENT_ERRORS as exc:
+    except Exception as exc:
+        if classify(exc) is not Verdict.TRANSIENT:
+            log.exception("batch failed on a record the writer did not isolate")
+        elif not isinstance(exc, (TimeoutError, KafkaError, OSError)):
+            log.exception("batch failed for a reason not foreseen; retried after a back-off")
         return exc
     return None
 

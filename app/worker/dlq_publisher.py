@@ -1,8 +1,16 @@
-"""Poison records go to the dead-letter topic, with headers that say where they came from."""
+"""Poison records go to the dead-letter topic, with headers that say where they came from.
+
+A letter the topic refuses for itself (too large) is handed back to the caller, who keeps it in
+PostgreSQL's quarantine instead; so is every letter once the topic has been unreachable for
+longer than a bound (see `unreachable_for`). Until then a failure is raised, and the batch that
+holds the letters is retried: dead letters are at least once.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
@@ -22,10 +30,27 @@ from app.dlq_headers import (
 )
 from app.publisher import build_producer, close_producer
 from app.settings import KafkaSettings
+from app.worker.failures import Verdict, classify, describe
+
+
+@dataclass(frozen=True)
+class Letter:
+    """A record that goes to the dead-letter topic, and why."""
+
+    record: ConsumerRecord[bytes, bytes]
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class Undeliverable:
+    """A letter the dead-letter topic did not take: the caller quarantines it."""
+
+    letter: Letter
+    reason: str
 
 
 def dead_letter_headers(
-    record: ConsumerRecord[bytes, bytes], error: Exception, worker: str
+    record: ConsumerRecord[bytes, bytes], error: BaseException, worker: str
 ) -> list[tuple[str, bytes]]:
     """The original record's headers, plus where it came from and why it was refused."""
     provenance = [
@@ -35,7 +60,7 @@ def dead_letter_headers(
         (H_TIMESTAMP, str(record.timestamp).encode()),
         (H_TIMESTAMP_TYPE, str(record.timestamp_type).encode()),
         (H_ERROR_CLASS, type(error).__name__.encode()),
-        (H_ERROR_MESSAGE, str(error)[:1000].encode()),
+        (H_ERROR_MESSAGE, describe(error).encode()),
         (H_WORKER, worker.encode()),
         (H_FAILED_AT, datetime.now(UTC).isoformat().encode()),
     ]
@@ -48,6 +73,7 @@ class DeadLetterPublisher:
         self._worker = worker
         self._timeout = timeout_s
         self._producer: AIOKafkaProducer | None = None
+        self._failing_since: float | None = None
 
     async def start(self) -> None:
         producer = build_producer(self._settings)
@@ -63,27 +89,62 @@ class DeadLetterPublisher:
             await close_producer(self._producer, self._timeout)
             self._producer = None
 
-    async def publish(self, poison: list[tuple[ConsumerRecord[bytes, bytes], Exception]]) -> None:
-        """Send every poison record and wait for acks=all; raises if that takes too long.
+    def unreachable_for(self) -> float:
+        """Seconds since the dead-letter topic last failed to take letters, and has not taken
+        any since (0 while it works)."""
+        if self._failing_since is None:
+            return 0.0
+        return time.monotonic() - self._failing_since
+
+    async def publish(self, letters: list[Letter]) -> list[Undeliverable]:
+        """Send every letter and wait for acks=all; return those the topic refused for
+        themselves (too large for it). Raises if the topic cannot be reached in time.
 
         After any failure the producer is rebuilt before the next try: a fatal sequence error
         or a dead sender task would otherwise fail every later batch holding poison.
         """
-        if self._producer is None:
-            await self.start()
-        assert self._producer is not None
+        if not letters:
+            return []
         try:
             async with asyncio.timeout(self._timeout):
-                deliveries = [
-                    await self._producer.send(
-                        self._settings.dlq_topic,
-                        value=record.value,
-                        key=record.key,
-                        headers=dead_letter_headers(record, error, self._worker),
-                    )
-                    for record, error in poison
-                ]
-                await asyncio.gather(*deliveries)
-        except (TimeoutError, KafkaError):
+                if self._producer is None:
+                    await self.start()
+                assert self._producer is not None
+                refused = await self._send_all(self._producer, letters)
+        except (TimeoutError, KafkaError, OSError):
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
             await self.stop()
             raise
+        self._failing_since = None
+        return refused
+
+    async def _send_all(
+        self, producer: AIOKafkaProducer, letters: list[Letter]
+    ) -> list[Undeliverable]:
+        refused: list[Undeliverable] = []
+        sent: list[tuple[Letter, asyncio.Future[object]]] = []
+        for letter in letters:
+            record = letter.record
+            try:
+                delivery = await producer.send(
+                    self._settings.dlq_topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=dead_letter_headers(record, letter.error, self._worker),
+                )
+            except KafkaError as exc:
+                if classify(exc) is not Verdict.RECORD:
+                    raise
+                refused.append(Undeliverable(letter, f"the dead-letter topic refused it: {exc!r}"))
+                continue
+            sent.append((letter, delivery))
+        outcomes = await asyncio.gather(*(d for _, d in sent), return_exceptions=True)
+        for (letter, _), outcome in zip(sent, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if classify(outcome) is not Verdict.RECORD:
+                    raise outcome
+                refused.append(
+                    Undeliverable(letter, f"the dead-letter topic refused it: {outcome!r}")
+                )
+        return refused

@@ -1,15 +1,14 @@
-"""The worker's write path: one PostgreSQL transaction per fetched batch, set-based.
+"""The orders of a batch into PostgreSQL: set-based, exactly once, each customer in order.
 
-In one transaction the batch
-1. locks this group's position row of every partition in the batch and checks the fence: a
-   partition's records count only if its stored position is exactly where the batch begins.
-   Otherwise another member (or a newer generation of this one) has moved on, and this batch is
-   a zombie's late write: its records for that partition are dropped;
-2. inserts the orders that are new (order_id is the idempotency anchor: a redelivered or retried
-   order changes nothing), numbering each customer's new orders on from the customer's last
-   stored sequence, in offset order;
-3. moves each unfenced position to the end of the batch.
-Postgres is the source of truth for offsets; the Kafka commit that follows only mirrors it.
+The orders that are new are inserted (order_id is the idempotency anchor: a redelivered or
+retried order changes nothing), numbering each customer's new orders on from the customer's
+last stored sequence, in offset order. The caller's transaction (app.worker.batch_writer) holds
+the partitions' position locks around it.
+
+When PostgreSQL refuses the batch for something in its data (see app.worker.failures), the batch
+is bisected under savepoints until each refused order stands alone: those are returned to be
+dead-lettered, every other order is stored. k bad orders among n cost O(k log n) statements,
+and only when something is refused; the common case is one statement.
 """
 
 from __future__ import annotations
@@ -18,14 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka.structs import ConsumerRecord
 from pydantic import TypeAdapter
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, BIGINT, INTEGER, TEXT
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.contract import OrderEnvelope, OrderLine
-from app.db.positions import PartitionSpan, advance_positions
+from app.worker.failures import Verdict, classify
 
 _LINES_JSON = TypeAdapter(tuple[OrderLine, ...])
 
@@ -35,12 +35,20 @@ class IncomingOrder:
     envelope: OrderEnvelope
     partition: int
     offset: int
+    # The record it came from, kept for the dead-letter topic should PostgreSQL refuse it.
+    record: ConsumerRecord[bytes, bytes] | None = None
 
 
 @dataclass(frozen=True)
-class BatchResult:
+class Refusal:
+    order: IncomingOrder
+    error: DBAPIError
+
+
+@dataclass(frozen=True)
+class InsertOutcome:
     inserted: int
-    fenced: dict[int, int]  # partition -> the stored position this batch did not start at
+    refused: list[Refusal]
 
 
 # One array per column of a batch of orders (see _order_columns), bound to unnest().
@@ -124,25 +132,29 @@ _INSERT_NEW_ORDERS = text(
 ).bindparams(*_ORDER_ARRAYS)
 
 
-async def store_batch(
-    connection: AsyncConnection,
-    *,
-    group_id: str,
-    topic: str,
-    owner: str,
-    spans: Sequence[PartitionSpan],
-    orders: Sequence[IncomingOrder],
-    fenced: dict[int, int],
-) -> BatchResult:
-    """Insert the new orders and move the positions of the unfenced partitions (steps 2, 3)."""
-    accepted = [order for order in orders if order.partition not in fenced]
-    inserted = await _insert_orders(connection, accepted) if accepted else 0
-    moving = [span for span in spans if span.partition not in fenced]
-    await advance_positions(connection, group_id=group_id, topic=topic, owner=owner, spans=moving)
-    return BatchResult(inserted=inserted, fenced=fenced)
+async def insert_orders(
+    connection: AsyncConnection, orders: Sequence[IncomingOrder]
+) -> InsertOutcome:
+    """Insert the new orders; isolate (never raise for) the ones PostgreSQL refuses for their
+    data. Any other failure is raised: the caller retries the whole batch."""
+    if not orders:
+        return InsertOutcome(0, [])
+    try:
+        return InsertOutcome(await _insert_orders(connection, orders), [])
+    except DBAPIError as exc:
+        if classify(exc) is not Verdict.RECORD:
+            raise
+        if len(orders) == 1:
+            return InsertOutcome(0, [Refusal(orders[0], exc)])
+    # Halves in offset order: each customer's accepted orders keep their order of sequences.
+    middle = len(orders) // 2
+    first = await insert_orders(connection, orders[:middle])
+    second = await insert_orders(connection, orders[middle:])
+    return InsertOutcome(first.inserted + second.inserted, first.refused + second.refused)
 
 
 async def _insert_orders(connection: AsyncConnection, orders: Sequence[IncomingOrder]) -> int:
+    """Each statement runs under a savepoint, so that a refusal leaves the transaction usable."""
     columns = _order_columns(orders)
     if len({order.envelope.order_id for order in orders}) == len(orders):
         try:
@@ -153,7 +165,8 @@ async def _insert_orders(connection: AsyncConnection, orders: Sequence[IncomingO
                 raise
         else:
             return int(result.rowcount)
-    result = await connection.execute(_INSERT_ORDERS, columns)
+    async with connection.begin_nested():
+        result = await connection.execute(_INSERT_ORDERS, columns)
     return int(result.rowcount)
 
 
