@@ -1,7 +1,7 @@
 """The `orders` command.
 
 Processes: `orders api`, `orders worker`, `orders migrate`.
-Operations: `orders lag`, `orders offsets reset`, `orders dlq list|replay`.
+Operations: `orders lag`, `orders offsets reset`, `orders dlq list|replay`, `orders skipped`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from app.errors import ConfigurationError
+from app.errors import ConfigurationError, OrdersError
 from app.log_config import configure_logging
 from app.operations import commands as operations
 from app.settings import Settings, get_settings
@@ -47,15 +47,25 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from aiokafka.errors import KafkaError
+
     from app.db.migrate import upgrade_database
     from app.topics import ensure_topics
 
     upgrade_database(settings.database)
     log.info("database schema is at the newest revision")
-    if not args.skip_topics:
-        for report in asyncio.run(ensure_topics(settings.kafka)):
-            state = "created" if report.created else "exists"
-            log.info("topic %s: %s, %d partitions", report.name, state, report.partitions)
+    if args.skip_topics:
+        return 0
+    try:
+        reports = asyncio.run(ensure_topics(settings.kafka))
+    except (OrdersError, KafkaError) as exc:
+        # A topic we cannot hold to its configs must stop the deployment, not warn.
+        print(f"orders: migrate: {exc}", file=sys.stderr)
+        return 1
+    for report in reports:
+        state = "created" if report.created else "exists"
+        changed = f", set {len(report.changes)} config(s)" if report.changes else ""
+        log.info("topic %s: %s, %d partitions%s", report.name, state, report.partitions, changed)
     return 0
 
 
@@ -93,16 +103,36 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("--execute", action="store_true", help="apply the plan")
     reset.set_defaults(handler=operations.offsets_reset)
 
-    dlq = commands.add_parser("dlq", help="the dead-letter topic")
+    dlq = commands.add_parser(
+        "dlq", help="records set aside: the dead-letter topic and PostgreSQL's quarantine"
+    )
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
-    listing = dlq_commands.add_parser("list", help="show dead letters with their provenance")
-    listing.add_argument("--start", type=int, default=0, help="first offset (default 0)")
-    listing.add_argument("--limit", type=int, default=50)
+    listing = dlq_commands.add_parser(
+        "list", help="show dead letters and quarantined records with their provenance"
+    )
+    listing.add_argument(
+        "--start", type=int, default=0, help="first dead-letter offset (default 0)"
+    )
+    listing.add_argument("--limit", type=int, default=50, help="per place (default 50)")
+    listing.add_argument(
+        "--all", action="store_true", help="quarantined records already replayed too"
+    )
     listing.set_defaults(handler=operations.dlq_list)
-    replay = dlq_commands.add_parser("replay", help="send one dead letter back to the topic")
-    replay.add_argument("--offset", type=int, required=True)
-    replay.add_argument("--execute", action="store_true")
+    replay = dlq_commands.add_parser(
+        "replay", help="send one record back to the orders topic (plan, then --execute)"
+    )
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--offset", type=int, help="a dead letter's offset in the DLQ topic")
+    which.add_argument("--quarantined", type=int, metavar="ID", help="a quarantined record's id")
+    replay.add_argument("--execute", action="store_true", help="send it")
     replay.set_defaults(handler=operations.dlq_replay)
+
+    skipped = commands.add_parser(
+        "skipped", help="offset ranges the worker group passed without a record, and why"
+    )
+    skipped.add_argument("--partition", type=int, action="append", help="repeatable; default all")
+    skipped.add_argument("--limit", type=int, default=100, help="ranges shown (default 100)")
+    skipped.set_defaults(handler=operations.skipped)
     return parser
 
 
@@ -114,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"orders: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    if args.command in {"lag", "offsets", "dlq"}:
+    if args.command in {"lag", "offsets", "dlq", "skipped"}:
         # Operator commands print tables; the client's connection chatter would drown them.
         logging.getLogger("aiokafka").setLevel(logging.WARNING)
     handler = args.handler

@@ -1,16 +1,53 @@
-"""Create the project's topics idempotently (the broker runs with auto topic creation off)."""
+"""Create the project's topics idempotently, and hold existing ones to the configs we rely on.
+
+The broker runs with auto topic creation off. A topic that already exists (made by hand, by an
+older version, by another tool) is not trusted: the configs the guarantees depend on are described
+and set where they differ, each change logged.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import Array, Boolean, Int8, Int16, Int32, Schema, String
 
+from app.errors import OrdersError
 from app.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+DESCRIBE_RETRY_S = 5.0
+# DescribeConfigs' config_source values (KIP-226).
+TOPIC_OVERRIDE = 1
+_SOURCES = {
+    1: "topic override",
+    2: "broker override",
+    3: "cluster-wide broker default",
+    4: "broker's server.properties",
+    5: "Kafka's default",
+}
+
+
+class TopicConfigError(OrdersError):
+    """A topic config the guarantees depend on could not be read or set."""
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    config: str
+    old: str | None
+    old_source: str
+    new: str
+
+    def __str__(self) -> str:
+        return f"{self.config}: {self.old} ({self.old_source}) -> {self.new}"
 
 
 @dataclass(frozen=True)
@@ -18,6 +55,7 @@ class TopicReport:
     name: str
     created: bool
     partitions: int
+    changes: tuple[ConfigChange, ...] = ()
 
 
 def topic_configs(settings: KafkaSettings) -> dict[str, str]:
@@ -32,20 +70,17 @@ def topic_configs(settings: KafkaSettings) -> dict[str, str]:
 
 
 async def ensure_topics(settings: KafkaSettings) -> list[TopicReport]:
-    """Create `orders` and its dead-letter topic if missing; report what exists."""
+    """Create `orders` and its dead-letter topic if missing, set the configs we rely on where
+    an existing topic differs, and report what exists and what changed."""
+    wanted_configs = topic_configs(settings)
     wanted = [
         NewTopic(
             settings.orders_topic,
             settings.partitions,
             settings.replication_factor,
-            topic_configs=topic_configs(settings),
+            topic_configs=wanted_configs,
         ),
-        NewTopic(
-            settings.dlq_topic,
-            1,
-            settings.replication_factor,
-            topic_configs=topic_configs(settings),
-        ),
+        NewTopic(settings.dlq_topic, 1, settings.replication_factor, topic_configs=wanted_configs),
     ]
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers,
@@ -64,9 +99,14 @@ async def ensure_topics(settings: KafkaSettings) -> list[TopicReport]:
                 msg = f"could not create topic {name}: {error.__name__}: {message}"
                 raise error(msg)
         described = await admin.describe_topics([topic.name for topic in wanted])
-        reports = [
-            TopicReport(t["topic"], t["topic"] in created, len(t["partitions"])) for t in described
-        ]
+        reports = []
+        for t in described:
+            name = t["topic"]
+            # A topic created just now holds exactly the configs it was created with.
+            changes = (
+                () if name in created else await enforce_topic_configs(admin, name, wanted_configs)
+            )
+            reports.append(TopicReport(name, name in created, len(t["partitions"]), tuple(changes)))
     finally:
         await admin.close()
     for report in reports:
@@ -79,3 +119,135 @@ async def ensure_topics(settings: KafkaSettings) -> list[TopicReport]:
                 settings.partitions,
             )
     return reports
+
+
+async def enforce_topic_configs(
+    admin: AIOKafkaAdminClient, topic: str, wanted: dict[str, str]
+) -> list[ConfigChange]:
+    """Set each wanted config that the topic does not hold as its own override, one at a time
+    (so a refusal names the config); every other config of the topic is left as it is.
+
+    A value equal to the wanted one but inherited from the broker is pinned on the topic too:
+    a later change of the broker's default must not quietly change this topic's guarantees.
+    """
+    current = await describe_topic_configs(admin, topic, list(wanted))
+    changes = []
+    for name, value in wanted.items():
+        old, source = current.get(name, (None, 0))
+        if old == value and source == TOPIC_OVERRIDE:
+            continue
+        await set_topic_config(admin, topic, name, value)
+        change = ConfigChange(name, old, _SOURCES.get(source, f"source {source}"), value)
+        # Pinning an inherited value changes nothing today; a different value is worth a warning.
+        log.log(
+            logging.INFO if old == value else logging.WARNING, "topic %s: set %s", topic, change
+        )
+        changes.append(change)
+    return changes
+
+
+async def describe_topic_configs(
+    admin: AIOKafkaAdminClient, topic: str, names: list[str]
+) -> dict[str, tuple[str | None, int]]:
+    """The named configs of a topic: their value and where it comes from (config_source).
+
+    A retriable error (a topic another process created a moment ago, not yet known to the
+    broker that answers) is retried for a few seconds.
+    """
+    resource = ConfigResource(ConfigResourceType.TOPIC, topic, dict.fromkeys(names))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DESCRIBE_RETRY_S
+    while True:
+        [response] = await admin.describe_configs([resource])
+        [described] = response.to_object()["resources"]
+        if not described["error_code"]:
+            break
+        error = for_code(described["error_code"])
+        if not error.retriable or loop.time() >= deadline:
+            msg = f"could not read the configs of topic {topic}: {_explain(error, described)}"
+            raise TopicConfigError(msg)
+        await asyncio.sleep(0.2)
+    return {
+        entry["config_names"]: (entry["config_value"], entry["config_source"])
+        for entry in described["config_entries"]
+    }
+
+
+async def set_topic_config(admin: AIOKafkaAdminClient, topic: str, name: str, value: str) -> None:
+    """Set one config of a topic with IncrementalAlterConfigs, which changes that config alone.
+
+    aiokafka's `alter_configs` sends the legacy AlterConfigs, which replaces the topic's whole set
+    of overrides (resetting retention.ms and the like to the broker's defaults): not used here.
+    """
+    request = IncrementalAlterConfigsRequest(
+        [(int(ConfigResourceType.TOPIC), topic, [(name, _OP_SET, value)])]
+    )
+    # aiokafka's admin has no public way to send a request it does not know.
+    response = await admin._send_request(request)
+    for answer in response.to_object()["responses"]:
+        if answer["error_code"]:
+            error = for_code(answer["error_code"])
+            msg = f"could not set {name}={value} on topic {topic}: {_explain(error, answer)}"
+            raise TopicConfigError(msg)
+
+
+def _explain(error: type[Exception], answer: dict[str, Any]) -> str:
+    message = answer.get("error_message")
+    return f"{error.__name__}: {message}" if message else error.__name__
+
+
+# --- IncrementalAlterConfigs (KIP-339, API key 44) v0, which aiokafka 0.14 does not define ---
+
+_OP_SET = 0
+
+
+class IncrementalAlterConfigsResponse_v0(Response):  # type: ignore[misc]
+    API_KEY = 44
+    API_VERSION = 0
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        (
+            "responses",
+            Array(
+                ("error_code", Int16),
+                ("error_message", String("utf-8")),
+                ("resource_type", Int8),
+                ("resource_name", String("utf-8")),
+            ),
+        ),
+    )
+
+
+class IncrementalAlterConfigsRequest_v0(RequestStruct):  # type: ignore[misc]
+    API_KEY = 44
+    API_VERSION = 0
+    RESPONSE_TYPE = IncrementalAlterConfigsResponse_v0
+    SCHEMA = Schema(
+        (
+            "resources",
+            Array(
+                ("resource_type", Int8),
+                ("resource_name", String("utf-8")),
+                (
+                    "configs",
+                    Array(
+                        ("name", String("utf-8")),
+                        ("config_operation", Int8),
+                        ("value", String("utf-8")),
+                    ),
+                ),
+            ),
+        ),
+        ("validate_only", Boolean),
+    )
+
+
+class IncrementalAlterConfigsRequest(Request[IncrementalAlterConfigsRequest_v0]):  # type: ignore[misc]
+    API_KEY = 44
+
+    def __init__(self, resources: list[Any], validate_only: bool = False) -> None:
+        self._resources = resources
+        self._validate_only = validate_only
+
+    def build(self, request_struct_class: type[Any]) -> Any:
+        return request_struct_class(self._resources, self._validate_only)

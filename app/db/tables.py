@@ -84,6 +84,8 @@ quarantined_records = Table(
     Column("reason", Text, nullable=False),
     Column("worker", Text, nullable=False),
     Column("quarantined_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Set by `orders dlq replay --quarantined ID --execute` once the record is back on its topic.
+    Column("replayed_at", DateTime(timezone=True)),
     UniqueConstraint("group_id", "topic", "partition", "offset"),
 )
 

@@ -1,1 +1,2 @@
-"""What operators run against a live deployment: lag, offset resets, dead letters."""
+"""What operators run against a live deployment: lag, offset resets, what the workers set aside
+(dead letters, quarantined records) and the offsets they skipped."""

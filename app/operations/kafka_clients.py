@@ -1,55 +1,100 @@
-"""Short-lived Kafka clients for operator commands, closed on exit."""
+"""Short-lived Kafka clients for operator commands, closed on exit, every wait bounded.
+
+aiokafka waits for a broker that is away: a consumer's offset look-ups retry for
+`request_timeout_ms`, `position()` and a fetch loop as long as the caller lets them. An operator
+command must instead say, within a bound, that Kafka did not answer (`KafkaCommandError`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
+from app.errors import OrdersError
 from app.settings import KafkaSettings
+
+T = TypeVar("T")
+
+
+class KafkaCommandError(OrdersError):
+    """Kafka did not answer an operator command in time, or refused it; the message says which."""
+
+
+async def bounded(settings: KafkaSettings, what: str, awaitable: Awaitable[T]) -> T:
+    """Await `what` for at most the request timeout; a timeout or a Kafka error is reported as
+    a KafkaCommandError naming what was attempted and where."""
+    timeout = settings.request_timeout_ms / 1000
+    try:
+        async with asyncio.timeout(timeout):
+            return await awaitable
+    except TimeoutError:
+        msg = f"{what}: no answer from Kafka at {settings.bootstrap_servers} within {timeout:g}s"
+        raise KafkaCommandError(msg) from None
+    except KafkaError as exc:
+        msg = f"{what}: Kafka at {settings.bootstrap_servers}: {exc}"  # str() names the class
+        raise KafkaCommandError(msg) from exc
 
 
 @asynccontextmanager
 async def admin_client(settings: KafkaSettings) -> AsyncIterator[AIOKafkaAdminClient]:
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.client_id}-ops"
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.client_id}-ops",
+        request_timeout_ms=settings.request_timeout_ms,
     )
-    await admin.start()
     try:
+        await bounded(settings, "connecting", admin.start())
         yield admin
     finally:
-        await admin.close()
+        await _quietly(settings, admin.close())
 
 
 @asynccontextmanager
 async def offsets_consumer(
-    settings: KafkaSettings, group_id: str | None = None
+    settings: KafkaSettings, group_id: str | None = None, *, auto_offset_reset: str = "latest"
 ) -> AsyncIterator[AIOKafkaConsumer]:
-    """A consumer that never joins a group: for offset look-ups and explicit commits only."""
+    """A consumer that never joins a group: for offset look-ups, explicit commits, and reading
+    partitions it is assigned by hand."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         group_id=group_id,
         enable_auto_commit=False,
+        auto_offset_reset=auto_offset_reset,
         client_id=f"{settings.client_id}-ops",
+        request_timeout_ms=settings.request_timeout_ms,
     )
-    await consumer.start()
     try:
+        await bounded(settings, "connecting", consumer.start())
         yield consumer
     finally:
-        await consumer.stop()
+        await _quietly(settings, consumer.stop())
 
 
-async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+async def _quietly(settings: KafkaSettings, closing: Awaitable[None]) -> None:
+    # Closing must not hide the error that got us here, nor wait for a broker that is gone.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(closing, settings.request_timeout_ms / 1000)
+
+
+async def topic_partitions(
+    settings: KafkaSettings, consumer: AIOKafkaConsumer, topic: str
+) -> list[TopicPartition]:
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
-        await consumer._client.force_metadata_update()  # aiokafka has no public refresh
+        # aiokafka has no public refresh
+        await bounded(settings, "reading metadata", consumer._client.force_metadata_update())
         partitions = consumer.partitions_for_topic(topic) or set()
     if not partitions:
-        msg = f"topic {topic!r} does not exist"
-        raise LookupError(msg)
+        msg = f"topic {topic!r} does not exist on Kafka at {settings.bootstrap_servers}"
+        raise KafkaCommandError(msg)
     return [TopicPartition(topic, partition) for partition in sorted(partitions)]
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.positions import read_positions
-from app.operations.kafka_clients import offsets_consumer, topic_partitions
+from app.operations.kafka_clients import bounded, offsets_consumer, topic_partitions
 from app.settings import Settings
 
 
@@ -30,11 +30,15 @@ class PartitionLag:
 
 async def group_lag(settings: Settings, engine: AsyncEngine) -> list[PartitionLag]:
     topic, group = settings.kafka.orders_topic, settings.worker.group_id
-    async with offsets_consumer(settings.kafka, group) as consumer:
-        partitions = await topic_partitions(consumer, topic)
+    kafka = settings.kafka
+    async with offsets_consumer(kafka, group) as consumer:
+        partitions = await topic_partitions(kafka, consumer, topic)
         consumer.assign(partitions)  # aiokafka reads committed offsets only for its assignment
-        ends = await consumer.end_offsets(partitions)
-        committed = {tp.partition: await consumer.committed(tp) for tp in partitions}
+        ends = await bounded(kafka, "reading log ends", consumer.end_offsets(partitions))
+        committed = {
+            tp.partition: await bounded(kafka, "reading group offsets", consumer.committed(tp))
+            for tp in partitions
+        }
     async with engine.connect() as connection:
         stored = await read_positions(connection, group, topic, [tp.partition for tp in partitions])
     return [

@@ -20,6 +20,7 @@ from app.errors import OrdersError
 from app.operations.kafka_clients import (
     active_members,
     admin_client,
+    bounded,
     offsets_consumer,
     topic_partitions,
 )
@@ -49,11 +50,12 @@ async def plan_reset(
     settings: Settings, engine: AsyncEngine, target: Target, partitions: list[int] | None
 ) -> list[Move]:
     topic, group = settings.kafka.orders_topic, settings.worker.group_id
-    async with offsets_consumer(settings.kafka) as consumer:
-        every = await topic_partitions(consumer, topic)
+    kafka = settings.kafka
+    async with offsets_consumer(kafka) as consumer:
+        every = await topic_partitions(kafka, consumer, topic)
         chosen = [tp for tp in every if partitions is None or tp.partition in partitions]
-        begin = await consumer.beginning_offsets(chosen)
-        end = await consumer.end_offsets(chosen)
+        begin = await bounded(kafka, "reading log starts", consumer.beginning_offsets(chosen))
+        end = await bounded(kafka, "reading log ends", consumer.end_offsets(chosen))
     async with engine.connect() as connection:
         stored = await read_positions(connection, group, topic, [tp.partition for tp in chosen])
     moves = []
@@ -72,7 +74,9 @@ async def plan_reset(
 async def apply_reset(settings: Settings, engine: AsyncEngine, moves: list[Move]) -> None:
     topic, group = settings.kafka.orders_topic, settings.worker.group_id
     async with admin_client(settings.kafka) as admin:
-        members = await active_members(admin, group)
+        members = await bounded(
+            settings.kafka, f"describing group {group}", active_members(admin, group)
+        )
     if members:
         msg = f"group {group} has {members} active member(s); stop the workers first"
         raise ResetRefusedError(msg)
@@ -88,6 +92,5 @@ async def apply_reset(settings: Settings, engine: AsyncEngine, moves: list[Move]
             )
     async with offsets_consumer(settings.kafka, group) as consumer:
         consumer.assign([TopicPartition(topic, m.partition) for m in moves])
-        await consumer.commit(
-            {TopicPartition(topic, m.partition): OffsetAndMetadata(m.new, "") for m in moves}
-        )
+        offsets = {TopicPartition(topic, m.partition): OffsetAndMetadata(m.new, "") for m in moves}
+        await bounded(settings.kafka, f"committing group {group}", consumer.commit(offsets))

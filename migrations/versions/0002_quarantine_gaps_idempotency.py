@@ -41,6 +41,7 @@ def upgrade() -> None:
             server_default=sa.func.now(),
             nullable=False,
         ),
+        sa.Column("replayed_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_quarantined_records"),
         sa.UniqueConstraint(
             "group_id", "topic", "partition", "offset", name="uq_quarantined_records_group_id"

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.structs import TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import contract
 from app import dlq_headers as dlq
-from app.operations.dlq import REPLAYED_FROM, list_dead_letters, replay_dead_letter
+from app.operations.dlq import (
+    REPLAYED_FROM,
+    ReplayRefusedError,
+    list_dead_letters,
+    replay_dead_letter,
+)
+from app.operations.kafka_clients import KafkaCommandError
 from app.operations.lag import group_lag
 from app.operations.offsets import ResetRefusedError, Target, apply_reset, plan_reset
 from app.settings import Settings
@@ -106,7 +116,7 @@ async def test_dead_letters_are_listed_with_their_origin_and_can_be_replayed(
         await producer.stop()
     async with worker_running(settings, engine) as worker:
         assert await eventually(lambda: worker.stats.dead_lettered == 1)
-        [letter] = await list_dead_letters(settings.kafka)
+        [letter] = (await list_dead_letters(settings.kafka)).letters
         assert letter.origin == f"{settings.kafka.orders_topic}/{bad.partition}@{bad.offset}"
         assert letter.headers["dlq.error.class"] == "PoisonRecordError"
         assert letter.value == b"{broken"
@@ -132,7 +142,7 @@ async def test_a_replayed_dead_letter_that_now_parses_is_stored_judged_by_its_fi
     first_append = datetime.now(UTC) - timedelta(seconds=30)
     items = (contract.OrderLine(sku="a", quantity=1, unit_price=Decimal("1.00")),)
     order = contract.OrderEnvelope(
-        order_id=contract.order_id_for(customer, "k"),
+        order_id=contract.new_order_id(),
         customer_id=customer,
         items=items,
         total=contract.order_total(items),
@@ -168,3 +178,114 @@ async def test_a_replayed_dead_letter_that_now_parses_is_stored_judged_by_its_fi
         assert await wait_until_stored(engine, expected) == 1
     assert worker.stats.expired == 0
     assert (await check_ledger(engine, expected)).holds
+
+
+async def letters_on_the_dlq(settings: Settings, count: int, customer: str) -> None:
+    """Dead letters as a worker writes them: the original headers, then the provenance."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await producer.start()
+    try:
+        for n in range(count):
+            provenance = {
+                dlq.H_TOPIC: settings.kafka.orders_topic,
+                dlq.H_PARTITION: "0",
+                dlq.H_OFFSET: str(n),
+                dlq.H_TIMESTAMP: str(int(time.time() * 1000)),
+                dlq.H_TIMESTAMP_TYPE: str(contract.LOG_APPEND_TIME),
+                dlq.H_ERROR_CLASS: "PoisonRecordError",
+                dlq.H_ERROR_MESSAGE: "not JSON",
+                dlq.H_WORKER: "w-test",
+            }
+            await producer.send_and_wait(
+                settings.kafka.dlq_topic,
+                b"{broken",
+                key=customer.encode(),
+                headers=[(k, v.encode()) for k, v in provenance.items()],
+            )
+    finally:
+        await producer.stop()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def orders_command(
+    settings: Settings, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [ORDERS, *args],
+        env=settings_env(settings, **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_dlq_commands_with_kafka_unreachable_fail_fast_with_a_clear_error(
+    settings: Settings,
+) -> None:
+    away = f"127.0.0.1:{closed_port()}"
+    kafka = settings.kafka.model_copy(update={"bootstrap_servers": away})
+    started = time.monotonic()
+    with pytest.raises(KafkaCommandError, match=away):
+        await list_dead_letters(kafka)
+    with pytest.raises(KafkaCommandError, match=away):
+        await replay_dead_letter(kafka, 0)
+
+    listed = await orders_command(settings, "dlq", "list", KAFKA_BOOTSTRAP_SERVERS=away)
+    replayed = await orders_command(
+        settings, "dlq", "replay", "--offset", "0", KAFKA_BOOTSTRAP_SERVERS=away
+    )
+    assert time.monotonic() - started < settings.kafka.request_timeout_ms / 1000 * 4
+    for result in (listed, replayed):
+        assert result.returncode == 1, result
+        assert f"orders: connecting: Kafka at {away}" in result.stderr
+        assert "Traceback" not in result.stderr
+    # The quarantine, in PostgreSQL, is still listed.
+    assert "0 of 0 quarantined record(s)" in listed.stdout
+
+
+async def test_dlq_list_after_delete_records_starts_at_the_new_log_start(
+    settings: Settings, run_id: str
+) -> None:
+    await letters_on_the_dlq(settings, 5, f"{run_id}-x")
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        tp = TopicPartition(settings.kafka.dlq_topic, 0)
+        assert await admin.delete_records({tp: RecordsToDelete(before_offset=3)}) == {tp: 3}
+    finally:
+        await admin.close()
+
+    page = await list_dead_letters(settings.kafka, 0)
+    assert (page.asked, page.start, page.log_start, page.log_end) == (0, 3, 3, 5)
+    assert page.moved_to_log_start
+    assert [letter.offset for letter in page.letters] == [3, 4]
+    assert [letter.origin for letter in page.letters] == [
+        f"{settings.kafka.orders_topic}/0@3",
+        f"{settings.kafka.orders_topic}/0@4",
+    ]
+
+    async with asyncio.timeout(5):  # at or after the log end: nothing, at once
+        assert (await list_dead_letters(settings.kafka, 5)).letters == []
+        assert (await list_dead_letters(settings.kafka, 99)).letters == []
+    with pytest.raises(
+        ReplayRefusedError, match=r"dead letter 1 no longer exists.*starts at offset 3"
+    ):
+        await replay_dead_letter(settings.kafka, 1)
+    with pytest.raises(ReplayRefusedError, match=r"no dead letter at offset 5.*ends at offset 5"):
+        await replay_dead_letter(settings.kafka, 5)
+
+    shown = await orders_command(settings, "dlq", "list")
+    assert shown.returncode == 0, shown
+    assert "offset 0 is below the log start" in shown.stdout
+    assert "2 dead letter(s) shown from offset 3" in shown.stdout
+    refused = await orders_command(settings, "dlq", "replay", "--offset", "1", "--execute")
+    assert refused.returncode == 1
+    assert "orders: dead letter 1 no longer exists" in refused.stderr
