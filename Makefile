@@ -8,12 +8,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BROKERS ?= 1
 WORKERS ?= 2
+FUZZ_EXAMPLES ?= 100
 
 # A developer's .env (see .env.example) applies to every target.
 -include .env
 export
 
-.PHONY: help deps install up down status migrate run test test-unit test-integration chaos lint format bench-ingress bench-worker clean
+.PHONY: help deps install up down status migrate run test test-unit test-integration fuzz chaos lint format bench-ingress bench-worker clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -49,6 +50,11 @@ test: install up ## the test suite against the real Kafka and PostgreSQL (all bu
 
 test-unit: install ## only the tests that need no services
 	$(BIN)/pytest tests/unit
+
+# Every schemathesis check, against `orders api` + 2 workers on topics and a database of the run's
+# own (removed after); checks with nothing to check here are named, with why, in scripts/fuzz.py.
+fuzz: install up ## schemathesis, all checks, vs a live API + 2 workers (FUZZ_EXAMPLES per operation)
+	$(BIN)/python scripts/fuzz.py --max-examples $(FUZZ_EXAMPLES)
 
 chaos: install up ## the long fault-injection scenarios (kill -9 loops, 3 brokers, storms, outages)
 	$(BIN)/pytest -m chaos -s -p no:logging tests/integration/test_faults.py

@@ -24,8 +24,9 @@ async def list_customer_orders(
     customer_id: CustomerId,
     connection: ConnectionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    # [0-9], not \d: Rust's regex (pydantic's) takes any Unicode digit ("٣") for \d.
     after: Annotated[
-        str | None, Query(pattern=r"^\d{1,18}$", description="a `next` cursor")
+        str | None, Query(pattern=r"^[0-9]{1,18}$", description="a `next` cursor")
     ] = None,
 ) -> CustomerOrdersPage:
     rows = await queries.customer_orders(connection, customer_id, int(after or 0), limit + 1)
