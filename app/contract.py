@@ -16,13 +16,16 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 from uuid_utils.compat import uuid7
 
+from app import free_text, money
 from app.errors import PoisonRecordError
 
 SCHEMA_VERSION: Final = 1
@@ -32,12 +35,42 @@ HEADER_CONTENT_TYPE = "content-type"
 HEADER_SCHEMA_VERSION = "schema-version"
 HEADER_REQUEST_ID = "request-id"
 
-# Fixed namespace for idempotent order ids: changing it would change every derived id.
-ORDER_ID_NAMESPACE = uuid.UUID("6f1c2f4e-9a43-4c57-9a55-0d3f1b7e2a10")
-
-CustomerId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@-]+$")]
-Sku = Annotated[str, Field(min_length=1, max_length=64)]
-Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4, allow_inf_nan=False)]
+# Lengths count Unicode code points (characters), as JSON Schema's maxLength does: 64 ok, 65 not.
+CustomerId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:@-]+$",
+        description="1 to 64 characters: ASCII letters, digits and . _ : @ -",
+    ),
+]
+# The character rule is app.free_text's: checked by its function, for an error that names the
+# character; carried in the schema as its pattern (tests/unit/test_free_text.py: they agree).
+Sku = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="1 to 64 characters (Unicode code points); no control characters, "
+        "surrogates, line separators, bidi embeddings/overrides/isolates or U+FEFF",
+        json_schema_extra={"pattern": free_text.PATTERN},
+    ),
+    AfterValidator(free_text.free_text),
+]
+Money = Annotated[
+    Decimal,
+    BeforeValidator(money.parse_amount),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": money.PATTERN,
+            "description": "a decimal string: 1 to 10 digits, optionally a point and 1 to 4 "
+            "more; no sign, no exponent (not a JSON number)",
+            "examples": ["0.10", "19.99"],
+        }
+    ),
+]
 
 # ISO 4217 codes from pycountry, looked up in a frozenset: every request and every record checks
 # one, and this is several times cheaper than a per-call pycountry lookup.
@@ -53,16 +86,32 @@ def _known_currency(code: str) -> str:
 
 CurrencyCode = Annotated[
     str,
-    Field(min_length=3, max_length=3, examples=["EUR", "USD"]),
+    Field(
+        min_length=3,
+        max_length=3,
+        examples=["EUR", "USD"],
+        json_schema_extra={"enum": sorted(ISO_4217_CODES)},
+    ),
     AfterValidator(_known_currency),
 ]
+
+
+def _integral(value: object) -> object:
+    # JSON Schema's `integer` is a value, not a spelling: 78.0 is the integer 78 there, and no
+    # schema can say otherwise. Strings, booleans and fractions stay refused (strict below).
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+Quantity = Annotated[int, Field(ge=1, le=10_000, strict=True), BeforeValidator(_integral)]
 
 
 class OrderLine(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     sku: Sku
-    quantity: Annotated[int, Field(gt=0, le=10_000, strict=True)]
+    quantity: Quantity
     unit_price: Money
 
 
@@ -116,16 +165,19 @@ def order_total(items: tuple[OrderLine, ...] | list[OrderLine]) -> Decimal:
     return sum((line.unit_price * line.quantity for line in items), Decimal(0))
 
 
-def order_id_for(customer_id: str, idempotency_key: str | None) -> uuid.UUID:
-    """The same customer and Idempotency-Key always give the same order id; no key, a new one.
+def new_order_id() -> uuid.UUID:
+    """A new order id: a random UUIDv7, for orders with and without an Idempotency-Key alike.
 
-    A new id is a UUIDv7: time-ordered, so the orders table's primary key index grows at its
-    right edge instead of taking random page splits, and made in ~1 us (uuid-utils, Rust) where
+    Never derived from the request: an id computed from (customer, key) under a public
+    namespace let anyone who guessed a key pre-empt the customer's order, and made a retry
+    with another body look like the first order (the worker dropped it as a duplicate). The
+    API remembers a keyed order's id instead (app/api/idempotency.py).
+
+    UUIDv7 is time-ordered, so the orders table's primary key index grows at its right edge
+    instead of taking random page splits, and made in ~1 us (uuid-utils, Rust) where
     `uuid.uuid4()` takes ~2.5 us on the API's hot path (a getrandom system call each).
     """
-    if idempotency_key is None:
-        return uuid7()
-    return uuid.uuid5(ORDER_ID_NAMESPACE, f"{customer_id}\x1f{idempotency_key}")
+    return uuid7()
 
 
 def encode(envelope: OrderEnvelope, request_id: str) -> tuple[bytes, list[tuple[str, bytes]]]:

@@ -25,5 +25,15 @@ class DatabaseUnavailableError(OrdersError):
     retriable = True
 
 
+class IdempotencyKeyInFlightError(OrdersError):
+    """A request with this Idempotency-Key is still being answered; retry once it is."""
+
+    retriable = True
+
+
+class IdempotencyKeyReusedError(OrdersError):
+    """This Idempotency-Key was used before with a different body; retrying cannot succeed."""
+
+
 class PoisonRecordError(OrdersError):
     """A record that can never be processed (bad JSON, wrong schema, unknown version)."""

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from app.api import customers, health, orders
 from app.api.deps import Resources
 from app.api.guard import RequestGuard
+from app.api.idempotency import IdempotencyKeys
 from app.api.problems import install_problem_handlers
 from app.db.engine import create_engine
 from app.gc_tuning import tune_gc_for_throughput
@@ -30,7 +31,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             await publisher.start()
             stack.push_async_callback(publisher.stop)
-            app.state.resources = Resources(settings, engine, publisher)
+            keys = IdempotencyKeys.from_settings(settings)
+            await keys.start()
+            stack.push_async_callback(keys.stop)
+            app.state.resources = Resources(settings, engine, publisher, keys)
             tune_gc_for_throughput()
             yield
 

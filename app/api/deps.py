@@ -8,8 +8,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.api.idempotency import IdempotencyKeys
 from app.errors import DatabaseUnavailableError
 from app.publisher import OrderPublisher
 from app.settings import Settings
@@ -20,6 +22,7 @@ class Resources:
     settings: Settings
     engine: AsyncEngine
     publisher: OrderPublisher
+    idempotency_keys: IdempotencyKeys
 
 
 # Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in a worker
@@ -35,7 +38,9 @@ async def get_connection(
     try:
         async with resources.engine.connect() as connection:
             yield connection
-    except (OperationalError, DBAPIError, OSError, TimeoutError) as exc:
+    # PoolTimeoutError: every pooled connection is busy for longer than the pool's timeout.
+    # It is SQLAlchemy's own class, neither a DBAPIError nor the builtin TimeoutError.
+    except (OperationalError, DBAPIError, OSError, TimeoutError, PoolTimeoutError) as exc:
         msg = f"PostgreSQL did not answer: {type(exc).__name__}"
         raise DatabaseUnavailableError(msg) from exc
 
@@ -44,6 +49,11 @@ def publisher_of(request: Request) -> OrderPublisher:
     """The producer, without a dependency: POST /orders is the hot path (see app/api/orders.py)."""
     resources: Resources = request.app.state.resources
     return resources.publisher
+
+
+def idempotency_keys_of(request: Request) -> IdempotencyKeys:
+    resources: Resources = request.app.state.resources
+    return resources.idempotency_keys
 
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]

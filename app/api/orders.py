@@ -4,22 +4,38 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import uuid_utils
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
+from starlette.convertors import Convertor, register_url_convertor
 
 from app import contract
-from app.api.deps import ConnectionDep, publisher_of
+from app.api.deps import ConnectionDep, idempotency_keys_of, publisher_of
+from app.api.idempotency_rules import client_scope, fingerprint
+from app.api.json_body import JsonBodyRoute
 from app.api.problems import problem_responses
 from app.api.schemas import AcceptedOrder, OrderRequest, StoredOrder, ValidatedOrder
+from app.batching import Delivery
 from app.db import queries
 
-router = APIRouter(tags=["orders"])
+router = APIRouter(tags=["orders"], route_class=JsonBodyRoute)
 
 MAX_HEADER_LENGTH = 200
+
+# What optional_header accepts, as a schema: the value as the server sees it (one character per
+# byte, ISO-8859-1), 1 to 200 of them. The pattern holds what the HTTP parser lets through:
+# visible ASCII and bytes 0x80-0xFF, with spaces and tabs inside or at the end (leading ones are
+# stripped before the app sees them), no other control characters (the parser answers 400).
+HEADER_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_HEADER_LENGTH,
+    "pattern": "^[\\u0021-\\u007e\\u0080-\\u00ff][\\u0009\\u0020-\\u007e\\u0080-\\u00ff]*$",
+    "description": f"1 to {MAX_HEADER_LENGTH} characters, one per byte (ISO-8859-1)",
+}
 
 # The two optional headers of POST /orders, read straight from the request: declared as FastAPI
 # `Header()` parameters they cost ~60 us of parameter solving per request (measured with
@@ -29,15 +45,17 @@ ORDER_HEADERS: list[dict[str, Any]] = [
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
-        "description": "Retrying with the same key (and customer) yields the same order.",
-        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_HEADER_LENGTH},
+        "description": "Retrying with the same key (and customer) and the same body yields the "
+        "same answer and one order; the same key with another body gets 422, and 409 while "
+        "the first request is still being answered. Remembered for API_IDEMPOTENCY_RETENTION_S.",
+        "schema": HEADER_SCHEMA,
     },
     {
         "name": "X-Request-ID",
         "in": "header",
         "required": False,
         "description": "Carried in the Kafka record's headers; one is made up when absent.",
-        "schema": {"type": "string", "maxLength": MAX_HEADER_LENGTH},
+        "schema": HEADER_SCHEMA,
     },
 ]
 
@@ -58,19 +76,40 @@ def optional_header(request: Request, name: str) -> str | None:
     response_model=AcceptedOrder,
     responses={
         202: {"description": "Kafka acknowledged the order (acks=all); a worker will store it"},
-        **problem_responses(413, 415, 422, 503),
+        **problem_responses(400, 409, 413, 415, 422, 503, idempotency_key=True),
     },
     openapi_extra={"parameters": ORDER_HEADERS},
 )
 async def accept_order(order: OrderRequest, request: Request) -> Response:
     """Accept an order: answered only after every in-sync replica has it."""
     idempotency_key = optional_header(request, "Idempotency-Key")
-    request_id = optional_header(request, "X-Request-ID")
+    request_id = optional_header(request, "X-Request-ID") or str(uuid_utils.uuid7())
+    if idempotency_key is None:  # never touches PostgreSQL: validate, produce, answer
+        order_id = contract.new_order_id()
+        ack = await place(order, order_id, request, request_id)
+        return accepted(order_id, ack.partition, ack.offset)
+
+    keys = idempotency_keys_of(request)
+    claim = await keys.claim(client_scope(request, order), idempotency_key, fingerprint(order))
+    if claim.answer is not None:  # answered 202 before: the same answer, nothing produced
+        return accepted(claim.order_id, *claim.answer)
+    try:
+        ack = await place(order, claim.order_id, request, request_id)
+    except Exception:
+        await keys.fail(claim)  # a retry produces again, with the same order id
+        raise
+    return accepted(claim.order_id, *await keys.complete(claim, ack.partition, ack.offset))
+
+
+async def place(
+    order: OrderRequest, order_id: uuid.UUID, request: Request, request_id: str
+) -> Delivery:
+    """Produce the order and wait for acks=all (BrokerUnavailableError otherwise)."""
     publisher = publisher_of(request)
     items = tuple(order.items)
     accepted_at = datetime.now(UTC)
     envelope = contract.OrderEnvelope(
-        order_id=contract.order_id_for(order.customer_id, idempotency_key),
+        order_id=order_id,
         customer_id=order.customer_id,
         items=items,
         total=contract.order_total(items),
@@ -78,15 +117,18 @@ async def accept_order(order: OrderRequest, request: Request) -> Response:
         accepted_at=accepted_at,
         accept_by=publisher.acceptance_deadline(accepted_at),
     )
-    ack = await publisher.publish(envelope, request_id or str(uuid_utils.uuid7()))
-    accepted = AcceptedOrder(order_id=envelope.order_id, partition=ack.partition, offset=ack.offset)
-    return json_response(accepted, 202, Location=f"/orders/{envelope.order_id}")
+    return await publisher.publish(envelope, request_id)
+
+
+def accepted(order_id: uuid.UUID, partition: int, offset: int) -> Response:
+    body = AcceptedOrder(order_id=order_id, partition=partition, offset=offset)
+    return json_response(body, 202, Location=f"/orders/{order_id}")
 
 
 @router.post(
     "/orders/validate",
     response_model=ValidatedOrder,
-    responses=problem_responses(413, 415, 422),
+    responses=problem_responses(400, 413, 415, 422),
 )
 async def validate_order(order: OrderRequest) -> Response:
     """Dry run: validate an order and price it, without placing it (nothing reaches Kafka).
@@ -110,12 +152,37 @@ def json_response(body: BaseModel, status: int, **headers: str) -> Response:
     return Response(body.model_dump_json(), status, headers, media_type="application/json")
 
 
+ORDER_ID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+
+
+class OrderIdConvertor(Convertor[uuid.UUID]):
+    """An order id in the path, in its canonical form only (what Location gives).
+
+    Matched by the router, so `GET /orders/validate` is not this route with a bad id (422) but
+    an undeclared method of `/orders/validate` (405), and any other path is 404, like any path
+    without a route. uuid.UUID alone would also take bare hex, braces and "urn:uuid:".
+    """
+
+    regex = ORDER_ID
+
+    def convert(self, value: str) -> uuid.UUID:
+        return uuid.UUID(value)
+
+    def to_string(self, value: uuid.UUID) -> str:
+        return str(value)
+
+
+register_url_convertor("order_id", OrderIdConvertor())
+OrderIdPath = Annotated[uuid.UUID, Path(json_schema_extra={"pattern": f"^{ORDER_ID}$"})]
+
+
 @router.get(
-    "/orders/{order_id}",
+    "/orders/{order_id:order_id}",
     response_model=StoredOrder,
+    # 422 never comes (the router only routes a well-formed id), but FastAPI would list its own.
     responses=problem_responses(404, 422, 503),
 )
-async def get_order(order_id: uuid.UUID, connection: ConnectionDep) -> StoredOrder:
+async def get_order(order_id: OrderIdPath, connection: ConnectionDep) -> StoredOrder:
     """The order as the worker stored it; 404 until a worker has processed it."""
     row = await queries.find_order(connection, order_id)
     if row is None:

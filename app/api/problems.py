@@ -11,7 +11,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from app.api.schemas import Problem
-from app.errors import BrokerUnavailableError, DatabaseUnavailableError
+from app.errors import (
+    BrokerUnavailableError,
+    DatabaseUnavailableError,
+    IdempotencyKeyInFlightError,
+    IdempotencyKeyReusedError,
+)
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -26,16 +31,34 @@ def problem(status: int, title: str, detail: str | None = None, **extra: Any) ->
     )
 
 
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def _printable(part: object) -> object:
+    """A location or message part that can be written as UTF-8. A client's JSON may hold a lone
+    surrogate ("\\ud800") anywhere, a member name too; pydantic blames the object holding such a
+    name today, but one in `loc` would make the error response itself fail, a 500."""
+    if isinstance(part, str):
+        return part.encode("utf-8", "backslashreplace").decode("utf-8")
+    return part
+
+
+def problem_responses(
+    *statuses: int, idempotency_key: bool = False
+) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the problem responses a route can give."""
     described = {
+        400: "The body is not JSON, or not UTF-8",
         404: "Unknown, or accepted but not processed yet",
+        409: "A request with this Idempotency-Key is still being answered; retry after "
+        "Retry-After seconds",
         413: "Body larger than API_MAX_BODY_BYTES",
         415: "Content-Type is not application/json",
         422: "The body or a parameter is invalid; `errors` lists each field",
         503: "Not accepted: a dependency did not answer in time. Retry after Retry-After seconds, "
         "with the same Idempotency-Key",
     }
+    if idempotency_key:
+        described[422] += (
+            "; or the Idempotency-Key was already used with a different body (`errors` names it)"
+        )
     return {
         status: {
             "model": Problem,
@@ -50,9 +73,15 @@ def install_problem_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = [
-            {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
+            {
+                "loc": [_printable(part) for part in error["loc"]],
+                "msg": _printable(error["msg"]),
+                "type": error["type"],
+            }
             for error in exc.errors()
         ]
+        if any(error["type"] == "json_invalid" for error in errors):
+            return problem(400, "Malformed body", "the body is not valid JSON", errors=errors)
         return problem(422, "Invalid request", "see errors for each field", errors=errors)
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
@@ -68,7 +97,22 @@ def install_problem_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def on_database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         return problem(503, "Database unavailable", str(exc), headers=retry_after)
 
+    async def on_key_in_flight(request: Request, exc: Exception) -> JSONResponse:
+        return problem(409, "Idempotency-Key in use", str(exc), headers=retry_after)
+
+    async def on_key_reused(request: Request, exc: Exception) -> JSONResponse:
+        errors = [
+            {
+                "loc": ["header", "Idempotency-Key"],
+                "msg": str(exc),
+                "type": "idempotency_key_reused",
+            }
+        ]
+        return problem(422, "Idempotency-Key already used", str(exc), errors=errors)
+
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
     app.add_exception_handler(BrokerUnavailableError, on_broker_unavailable)
     app.add_exception_handler(DatabaseUnavailableError, on_database_unavailable)
+    app.add_exception_handler(IdempotencyKeyInFlightError, on_key_in_flight)
+    app.add_exception_handler(IdempotencyKeyReusedError, on_key_reused)

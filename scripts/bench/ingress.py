@@ -8,11 +8,14 @@ One `orders api` process on loopback; wrk (Debian's package) drives, in the same
    counts (this machine is shared: a neighbour's burst moves one 10 s run by 10% and more);
 3. POST /orders again at half the accepted rate (paced connections), for its p99 latency.
 Targets (issue 3): accepted/s >= 70% of the baseline's requests/s; p99 < 50 ms at half rate.
+With BENCH_KEYED=1, then: POST /orders without and with a new Idempotency-Key each, alternating
+for BENCH_ROUNDS rounds, for the CPU a key costs per request (the API's, and PostgreSQL's).
 Prints one JSON line with every number, and exits 1 when a target is missed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,6 +27,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -31,14 +35,33 @@ ROOT = Path(__file__).resolve().parents[2]
 LUA = ROOT / "scripts" / "bench" / "orders.lua"
 ORDERS = str(ROOT / ".venv" / "bin" / "orders")
 PORT = int(os.environ.get("BENCH_PORT", "8099"))
+# The database `orders migrate` and the API use: DATABASE_URL's, or the default `orders`.
+DATABASE = os.environ.get("DATABASE_URL", "/orders").rsplit("/", 1)[-1].split("?")[0]
 DURATION = os.environ.get("BENCH_DURATION", "10s")
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+KEYED = os.environ.get("BENCH_KEYED", "") not in ("", "0")
 
 
-def wrk(api: psutil.Process, path: str, connections: int, pace_ms: int = 0) -> dict[str, float]:
+def postgres_cpu(database: str) -> dict[int, float]:
+    """CPU seconds (user + system) of each PostgreSQL backend serving `database`."""
+    used = {}
+    for process in psutil.process_iter(["cmdline"]):
+        title = " ".join(process.info["cmdline"] or [])
+        if title.startswith("postgres: ") and title.split()[2:3] == [database]:
+            with contextlib.suppress(psutil.Error):
+                used[process.pid] = sum(process.cpu_times()[:2])
+    return used
+
+
+def wrk(
+    api: psutil.Process, path: str, connections: int, pace_ms: int = 0, keyed: bool = False
+) -> dict[str, float]:
     env = {**os.environ, "WRK_RATE_PER_CONNECTION_MS": str(pace_ms)}
+    if keyed:
+        env["WRK_IDEMPOTENCY_KEY_PREFIX"] = uuid.uuid4().hex
     cpu_before = sum(api.cpu_times()[:2])
+    database_before = postgres_cpu(DATABASE)
     out = subprocess.run(
         [
             "wrk",
@@ -62,6 +85,10 @@ def wrk(api: psutil.Process, path: str, connections: int, pace_ms: int = 0) -> d
     seconds = fields["duration_us"] / 1e6
     ok = fields["requests"] - fields["non2xx"] - fields["errors"]
     api_cpu = sum(api.cpu_times()[:2]) - cpu_before
+    # Backends that ended during the run are missed (pool overflow): a lower bound.
+    database_cpu = sum(
+        used - database_before.get(pid, 0.0) for pid, used in postgres_cpu(DATABASE).items()
+    )
     return {
         "ok_per_s": round(ok / seconds, 1),
         "requests": fields["requests"],
@@ -70,6 +97,7 @@ def wrk(api: psutil.Process, path: str, connections: int, pace_ms: int = 0) -> d
         "p99_ms": round(fields["p99_us"] / 1000, 2),
         # The API process's CPU (user + system) per answered request.
         "api_cpu_us": round(api_cpu / max(fields["requests"], 1) * 1e6, 1),
+        "postgres_cpu_us": round(database_cpu / max(fields["requests"], 1) * 1e6, 1),
     }
 
 
@@ -83,6 +111,31 @@ def wait_ready(timeout: float = 30) -> None:
         except OSError:
             time.sleep(0.3)
     raise SystemExit("the API did not become ready")
+
+
+def keyed_round(api: psutil.Process, number: int) -> tuple[dict[str, float], dict[str, float]]:
+    """One round of POST /orders without, then with, a new Idempotency-Key (order alternates)."""
+    if number % 2 == 0:
+        unkeyed = wrk(api, "/orders", CONNECTIONS)
+        keyed = wrk(api, "/orders", CONNECTIONS, keyed=True)
+    else:
+        keyed = wrk(api, "/orders", CONNECTIONS, keyed=True)
+        unkeyed = wrk(api, "/orders", CONNECTIONS)
+    return unkeyed, keyed
+
+
+def keyed_summary(rounds: list[tuple[dict[str, float], dict[str, float]]]) -> dict[str, Any]:
+    def median(values: list[float]) -> float:
+        return sorted(values)[(len(values) - 1) // 2]
+
+    summary: dict[str, Any] = {}
+    for name, index in (("unkeyed", 0), ("keyed", 1)):
+        for field in ("ok_per_s", "api_cpu_us", "postgres_cpu_us", "p99_ms"):
+            summary[f"{name}_{field}"] = median([r[index][field] for r in rounds])
+    summary["keyed_extra_api_cpu_us_per_round"] = [
+        round(keyed["api_cpu_us"] - unkeyed["api_cpu_us"], 1) for unkeyed, keyed in rounds
+    ]
+    return summary
 
 
 def main() -> int:
@@ -132,6 +185,7 @@ def main() -> int:
             response_ms = connections / paced["ok_per_s"] * 1000 - pace_ms
             pace_ms = max(1, round(connections / half_rate * 1000 - response_ms))
             paced = wrk(measured, "/orders", connections, pace_ms)
+        keyed_rounds = [keyed_round(measured, number) for number in range(ROUNDS if KEYED else 0)]
     finally:
         api.terminate()
         api.wait(30)
@@ -151,6 +205,9 @@ def main() -> int:
         "api_cpu_us_per_accepted": accepted["api_cpu_us"],
         "topic": topic,
     }
+    if keyed_rounds:
+        result.update(keyed_summary(keyed_rounds))
+        failures += sum(r["failed"] for pair in keyed_rounds for r in pair)
     print(json.dumps(result))
     met = ratio >= 0.70 and paced["p99_ms"] < 50 and failures == 0
     print("targets met" if met else "TARGETS MISSED", file=sys.stderr)

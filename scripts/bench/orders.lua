@@ -1,9 +1,11 @@
 -- wrk script: POST an order body, rotating over 1,000 customers so every partition is used.
 -- Optional: WRK_RATE_PER_CONNECTION_MS paces each connection (one request per that many ms),
 -- which turns wrk's closed loop into a roughly fixed request rate for the latency run.
+-- Optional: WRK_IDEMPOTENCY_KEY_PREFIX sends a new Idempotency-Key with each request.
 local customers = 1000
 local counter = 0
 local pace_ms = tonumber(os.getenv("WRK_RATE_PER_CONNECTION_MS") or "0")
+local key_prefix = os.getenv("WRK_IDEMPOTENCY_KEY_PREFIX") or ""
 
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -14,7 +16,12 @@ function request()
     '{"customer_id":"bench-%d","items":[{"sku":"sku-%d","quantity":%d,"unit_price":"%d.25"},' ..
     '{"sku":"gift-wrap","quantity":1,"unit_price":"2.50"}],"currency":"EUR"}',
     counter % customers, counter % 97, 1 + counter % 5, counter % 50)
-  return wrk.format(nil, nil, nil, body)
+  local headers = nil
+  if key_prefix ~= "" then
+    headers = {["Content-Type"] = "application/json",
+               ["Idempotency-Key"] = key_prefix .. "-" .. counter}
+  end
+  return wrk.format(nil, nil, headers, body)
 end
 
 function delay()

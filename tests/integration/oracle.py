@@ -20,10 +20,11 @@ from app.db.tables import consumer_positions, orders
 
 @dataclass
 class Expectations:
-    """What the clients saw: per customer, the order ids that got a 202, in order."""
+    """What the clients saw: per customer, the order ids that got a 202, in order; and the
+    requests answered 503 and not retried, as (customer, Idempotency-Key or None)."""
 
     accepted: dict[str, list[uuid.UUID]] = field(default_factory=lambda: defaultdict(list))
-    refused: set[uuid.UUID] = field(default_factory=set)
+    refused: list[tuple[str, str | None]] = field(default_factory=list)
 
     def accept(self, customer_id: str, order_id: uuid.UUID) -> None:
         if order_id not in self.accepted[customer_id]:

@@ -9,7 +9,7 @@ from app.db.engine import create_engine
 from app.db.migrate import upgrade_database
 from app.settings import DatabaseSettings
 from app.topics import ensure_topics
-from tests.integration.api_client import api_client
+from tests.integration.api_client import api_client, order_body
 from tests.integration.conftest import make_settings
 from tests.integration.endpoints import Endpoints
 from tests.integration.kafka_tools import end_offsets, non_empty
@@ -39,8 +39,14 @@ async def test_a_database_outage_pauses_progress_and_everything_catches_up(
 
                 database.stop()
                 committed_before = await committed_offsets(settings)
-                # The API keeps accepting: Kafka holds the orders while the database is away.
-                await place_orders(client, expected, customers, per_customer=40)
+                # The API keeps accepting orders without an Idempotency-Key (they never touch
+                # PostgreSQL): Kafka holds them while the database is away. A keyed order
+                # needs the database to check its key, and is refused meanwhile.
+                keyed = await client.post(
+                    "/orders", json=order_body(customers[0]), headers={"Idempotency-Key": "k"}
+                )
+                assert keyed.status_code == 503
+                await place_orders(client, expected, customers, per_customer=20, keyed=False)
                 assert expected.total == 20 * 40
                 await asyncio.sleep(3.0)  # several retry rounds of the worker
                 assert await committed_offsets(settings) == committed_before

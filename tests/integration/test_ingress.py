@@ -21,7 +21,7 @@ from tests.integration.throwaway import throwaway_cluster
 JSON = {"content-type": "application/json"}
 
 BAD_REQUESTS: list[tuple[str, dict[str, str], bytes, int]] = [
-    ("not json", JSON, b"{nope", 422),
+    ("not json", JSON, b"{nope", 400),
     ("missing items", JSON, json.dumps({"customer_id": "c", "currency": "EUR"}).encode(), 422),
     ("empty items", JSON, json.dumps(order_body("c", items=[])).encode(), 422),
     (
@@ -147,7 +147,10 @@ async def test_openapi_documents_every_response_code(settings: Settings) -> None
         spec = (await client.get("/openapi.json")).json()
         docs = await client.get("/docs")
     assert docs.status_code == 200
-    assert set(spec["paths"]["/orders"]["post"]["responses"]) == {"202", "413", "415", "422", "503"}
+    accept = spec["paths"]["/orders"]["post"]["responses"]
+    assert {"202", "409", "413", "415", "422", "503"} <= set(accept)
+    assert "Idempotency-Key" in accept["409"]["description"]
+    assert "Idempotency-Key" in accept["422"]["description"]
     assert {"200", "404", "503"} <= set(spec["paths"]["/orders/{order_id}"]["get"]["responses"])
 
 

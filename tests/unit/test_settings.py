@@ -34,6 +34,7 @@ def test_environment_variables_override(monkeypatch: pytest.MonkeyPatch) -> None
         ("DATABASE_URL", "mysql://u:p@h/db"),
         ("KAFKA_COMPRESSION_TYPE", "brotli"),
         ("WORKER_MAX_RECORDS", "0"),
+        ("API_IDEMPOTENCY_RETENTION_S", "0"),
     ],
 )
 def test_a_bad_value_fails_naming_the_variable(
