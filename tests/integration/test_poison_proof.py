@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import contract
 from app.db.tables import quarantined_records, skipped_offsets
 from app.errors import PoisonRecordError
+from app.operations.dlq import replay_dead_letter
 from app.settings import Settings
 from app.topics import topic_configs
 from tests.integration.direct import DirectOrder, direct_order, started_producer, valid_order
@@ -34,6 +35,7 @@ from tests.integration.oracle import (
     stored_positions,
     wait_until_stored,
 )
+from tests.integration.waiting import eventually
 from tests.integration.worker_harness import worker_running
 
 
@@ -313,3 +315,39 @@ async def _skipped(engine: AsyncEngine, settings: Settings) -> list:  # type: ig
             .order_by(skipped_offsets.c.partition, skipped_offsets.c.from_offset)
         )
         return list(result)
+
+
+async def test_a_dead_letter_replayed_twice_is_judged_by_its_first_journey(
+    settings: Settings, engine: AsyncEngine, run_id: str
+) -> None:
+    """Regression: a dead letter replayed a second time carried two `dlq.original.timestamp`
+    headers, the last (its first replay's, after the deadline) won, and the order was skipped
+    as late. Here PostgreSQL refuses the order until the operator fixes the cause; the first
+    replay (after its deadline) is refused again; the second, after the fix, is stored."""
+    refused_price = "876543.2109"
+    constraint = f"ck_test_replay_{run_id}"
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(f"ALTER TABLE orders ADD CONSTRAINT {constraint} CHECK (total <> {refused_price})")
+        )
+    customer = f"{run_id}-replayed"
+    order = direct_order(customer, 1, deadline_s=2.0, unit_price=refused_price)
+    try:
+        await produce(settings, [order])
+        async with worker_running(settings, engine) as worker:
+            assert await eventually(lambda: worker.stats.dead_lettered == 1)
+            await asyncio.sleep(2.5)  # the order's acceptance deadline has passed
+            await replay_dead_letter(settings.kafka, 0)
+            assert await eventually(lambda: worker.stats.dead_lettered == 2)
+            async with engine.begin() as connection:
+                await connection.execute(text(f"ALTER TABLE orders DROP CONSTRAINT {constraint}"))
+            await replay_dead_letter(settings.kafka, 1)
+            expected = Expectations()
+            expected.accept(customer, order.order_id)
+            assert await wait_until_stored(engine, expected, timeout=30) == 1
+            assert worker.stats.expired == 0
+    finally:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(f"ALTER TABLE orders DROP CONSTRAINT IF EXISTS {constraint}")
+            )
