@@ -57,7 +57,7 @@ fuzz: install up ## schemathesis, all checks, vs a live API + 2 workers (FUZZ_EX
 	$(BIN)/python scripts/fuzz.py --max-examples $(FUZZ_EXAMPLES)
 
 chaos: install up ## the long fault-injection scenarios (kill -9 loops, 3 brokers, storms, outages)
-	$(BIN)/pytest -m chaos -s -p no:logging tests/integration/test_faults.py
+	$(BIN)/pytest -m chaos -s -p no:logging tests/integration
 
 lint: install ## ruff, mypy --strict, hadolint on the Dockerfile, compose config
 	$(BIN)/ruff check app tests scripts migrations
