@@ -8,6 +8,7 @@ version so tools (and a future v2 worker) can route records without parsing the 
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Final, Literal
 
@@ -115,6 +116,24 @@ class OrderLine(BaseModel):
     unit_price: Money
 
 
+def _representable_in_utc(instant: datetime) -> datetime:
+    """An instant whose UTC value exists in Python's calendar (years 1 to 9999).
+
+    `0001-01-01T00:00:00+01:00` is a valid ISO 8601 instant, but in UTC it falls in year 0:
+    PostgreSQL would store it, and every read of it would fail in the driver.
+    """
+    try:
+        instant.astimezone(UTC)
+    except OverflowError as exc:
+        msg = f"{instant.isoformat()} is outside the years 1 to 9999 once in UTC"
+        raise ValueError(msg) from exc
+    return instant
+
+
+# Every instant on the wire has an offset, and stays in range when converted to UTC.
+Instant = Annotated[AwareDatetime, AfterValidator(_representable_in_utc)]
+
+
 class OrderEnvelope(BaseModel):
     """Schema version 1 of an accepted order, as it travels on the `orders` topic."""
 
@@ -126,11 +145,11 @@ class OrderEnvelope(BaseModel):
     items: tuple[OrderLine, ...] = Field(min_length=1, max_length=100)
     total: Decimal
     currency: CurrencyCode
-    accepted_at: AwareDatetime
+    accepted_at: Instant
     # The API's acknowledgement deadline. The broker stamps each record with its append time
     # (the topic uses LogAppendTime); a record appended after this instant was answered 503,
     # and is never processed. Both sides apply the same rule to the same two timestamps.
-    accept_by: AwareDatetime
+    accept_by: Instant
 
     @model_validator(mode="after")
     def _total_matches_items(self) -> OrderEnvelope:

@@ -116,3 +116,13 @@ def test_a_record_the_api_would_refuse_is_poison_when_produced_straight_to_the_t
     record["items"][0][field] = value
     with pytest.raises(PoisonRecordError, match=f"items.0.{field}"):
         contract.decode(json.dumps(record).encode())
+
+
+@pytest.mark.parametrize("instant", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+@pytest.mark.parametrize("field", ["accepted_at", "accept_by"])
+def test_an_instant_outside_pythons_years_once_in_utc_is_poison(field: str, instant: str) -> None:
+    """PostgreSQL would store it, and every read of that order would fail in the driver."""
+    body = json.loads(contract.encode(envelope(), "r")[0])
+    body[field] = instant
+    with pytest.raises(PoisonRecordError, match=field):
+        contract.decode(json.dumps(body).encode())
