@@ -57,7 +57,7 @@ def quarantined_row(
 ) -> QuarantinedRecord:
     """What to keep of an aiokafka ConsumerRecord (its timestamp as the broker gave it) that
     failed with `error`; `message` defaults to the error's first line."""
-    lines = str(error).splitlines()
+    lines = str(error).split("\n")
     return QuarantinedRecord(
         group_id=group_id,
         topic=record.topic,
@@ -65,14 +65,22 @@ def quarantined_row(
         offset=record.offset,
         key=record.key,
         value=record.value,
-        headers=tuple(record.headers or ()),
+        headers=tuple((storable(name), value) for name, value in record.headers or ()),
         timestamp=record.timestamp,
         timestamp_type=record.timestamp_type,
         error_class=type(error).__name__,
-        error_message=(message if message is not None else lines[0] if lines else "")[:1000],
-        reason=reason,
+        error_message=storable(message if message is not None else lines[0])[:1000],
+        reason=storable(reason),
         worker=worker,
     )
+
+
+def storable(text: str) -> str:
+    """Text PostgreSQL's `text` takes: no NUL, no lone surrogate (both escaped, visibly).
+
+    What goes into the quarantine comes from hostile records (header names, errors that echo
+    their input); a refusal here would fail the very transaction that sets them aside."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 @dataclass(frozen=True)

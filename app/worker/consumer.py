@@ -75,6 +75,9 @@ class OrderWorker:
         self._group = settings.worker.group_id
         self._in_flight = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self._unreadable = 0  # fetches in a row that failed on a record (for the back-off)
+        # Partitions _on_assigned has positioned (or tried to), since they were assigned.
+        self._positioned_on_assignment: set[TopicPartition] = set()
         self.reset_clients()
 
     def reset_clients(self) -> None:
@@ -198,24 +201,60 @@ class OrderWorker:
                 await fetch
             return {}, {}
         try:
-            return fetch.result()
+            fetched = fetch.result()
         except OffsetOutOfRangeError as exc:
             await self._recover(exc)
         except NoOffsetForPartitionError as exc:
             # aiokafka looks for a committed offset as soon as a partition is assigned, while
-            # _on_assigned is still positioning it: the error may be stale by now.
-            unpositioned = [tp for tp in exc.args if not self._positions.has_position(tp)]
+            # _on_assigned is still positioning it: leave those to it; position only the ones
+            # it has finished with and could not position.
+            unpositioned = [
+                tp
+                for tp in exc.args
+                if tp in self._positioned_on_assignment and not self._positions.has_position(tp)
+            ]
             if unpositioned:
                 log.warning("no position for %s; positioning from Kafka", unpositioned)
                 with contextlib.suppress(KafkaError, TimeoutError):
                     async with asyncio.timeout(self.settings.worker.commit_timeout_s):
                         await self._position_from_kafka(unpositioned)
-        except KafkaError as exc:
-            if classify(exc) is not Verdict.TRANSIENT:
-                raise
+        except Exception as exc:
+            await self._fetch_failed(exc)
+        else:
+            self._unreadable = 0
+            return fetched
+        return {}, {}
+
+    async def _fetch_failed(self, exc: Exception) -> None:
+        """A fetch that raised: never a crash, never a skipped record.
+
+        A fetch can raise half-way: records of other partitions already taken from the buffer,
+        and a record iterator left broken, which aiokafka would later step past as if its
+        records had been returned. So every partition first goes back to where its batches
+        ended (a seek also drops what aiokafka buffered for it). Then: transient (the broker
+        away), fetch again; anything else is a record aiokafka cannot hand over (a header name
+        that is not UTF-8: its C decoder raises for the whole fetch), and the member backs
+        off, loudly, until an operator removes the record (README, "Known limits").
+        """
+        unaccounted = self._positions.rewind_all()
+        if unaccounted:
+            await self._position(unaccounted, "positioned again after a failed fetch")
+        if classify(exc) is Verdict.TRANSIENT and isinstance(exc, KafkaError):
             log.warning("fetch failed (%r); fetching again", exc)
             await asyncio.sleep(self.settings.worker.retry_backoff_initial_s)
-        return {}, {}
+            return
+        self._unreadable += 1
+        delay = min(
+            self.settings.worker.retry_backoff_initial_s * 2**self._unreadable,
+            self.settings.worker.retry_backoff_max_s,
+        )
+        log.error(
+            "fetch failed on a record the client cannot decode (%r); fetching again from "
+            "where the batches ended, in %.1fs",
+            exc,
+            delay,
+        )
+        await asyncio.sleep(delay)
 
     async def _recover(self, exc: OffsetOutOfRangeError) -> None:
         positions: dict[TopicPartition, int] = exc.args[0] if exc.args else {}
@@ -229,7 +268,9 @@ class OrderWorker:
                         tp,
                         offset,
                     )
-                except (KafkaError, TimeoutError, OSError) as failure:
+                except Exception as failure:
+                    if classify(failure) is not Verdict.TRANSIENT:
+                        raise
                     log.warning("could not recover %s from out of range (%r)", tp, failure)
                     await asyncio.sleep(self.settings.worker.retry_backoff_initial_s)
                     continue
@@ -299,11 +340,12 @@ class OrderWorker:
                 # Pause again each round: a rebalance meanwhile may have assigned new partitions.
                 self._consumer.pause(*self._consumer.assignment())
                 remaining_ms = max(1, int((deadline - loop.time()) * 1000))
+                before = self._positions.positions()
                 with contextlib.suppress(KafkaError):
                     stray = await self._consumer.getmany(timeout_ms=min(remaining_ms, 500))
                     for tp, fetched in stray.items():  # fetched before the pause took effect
                         if fetched:
-                            self._positions.seek(tp, fetched[0].offset)
+                            self._positions.seek(tp, before.get(tp, fetched[0].offset))
         finally:
             self._consumer.resume(*self._consumer.assignment())
 
@@ -326,8 +368,8 @@ class OrderWorker:
     # --- rebalancing -----------------------------------------------------------------------
 
     async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        self._positions.moved()
         self._positions.forget(revoked)
+        self._positioned_on_assignment.difference_update(revoked)
         try:
             async with asyncio.timeout(self.settings.worker.batch_timeout_s):
                 async with self._in_flight:
@@ -337,12 +379,17 @@ class OrderWorker:
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     async def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        self._positions.moved()
         mine = sorted(
             (tp for tp in assigned if tp.topic == self._topic), key=lambda tp: tp.partition
         )
         if not mine:
             return
+        await self._position(mine, "assigned")
+        self._positioned_on_assignment.update(mine)
+
+    async def _position(self, mine: list[TopicPartition], why: str) -> None:
+        """Each partition from its position in PostgreSQL, else Kafka's committed offset, else
+        the log's beginning."""
         timeout = self.settings.worker.commit_timeout_s
         try:
             async with asyncio.timeout(timeout):
@@ -367,7 +414,8 @@ class OrderWorker:
             # getmany then raises NoOffsetForPartitionError for them, handled in _fetch.
             log.warning("could not position %s (%r)", unpositioned, exc)
         log.info(
-            "partitions assigned: %s (resuming at %s)",
+            "partitions %s: %s (resuming at %s)",
+            why,
             [tp.partition for tp in mine],
             {tp.partition: stored.get(tp.partition, "committed") for tp in mine},
         )
@@ -386,8 +434,7 @@ class OrderWorker:
             await self._seek_to_beginning(fresh)
 
     async def _seek_to_beginning(self, partitions: list[TopicPartition]) -> None:
-        self._positions.moved()
-        self._positions.forget(partitions)
+        self._positions.positioned_by_kafka(partitions)
         await self._consumer.seek_to_beginning(*partitions)
 
 

@@ -60,11 +60,17 @@ def dead_letter_headers(
         (H_TIMESTAMP, str(record.timestamp).encode()),
         (H_TIMESTAMP_TYPE, str(record.timestamp_type).encode()),
         (H_ERROR_CLASS, type(error).__name__.encode()),
-        (H_ERROR_MESSAGE, describe(error).encode()),
+        (H_ERROR_MESSAGE, _utf8(describe(error))),
         (H_WORKER, worker.encode()),
         (H_FAILED_AT, datetime.now(UTC).isoformat().encode()),
     ]
     return [*list(record.headers or ()), *provenance]
+
+
+def _utf8(text: str) -> bytes:
+    """Text as UTF-8, whatever it holds: a lone surrogate echoed from a hostile record would
+    make a plain `.encode()` raise, and fail (so stall) the batch."""
+    return text.encode("utf-8", "backslashreplace")
 
 
 class DeadLetterPublisher:
@@ -74,6 +80,10 @@ class DeadLetterPublisher:
         self._timeout = timeout_s
         self._producer: AIOKafkaProducer | None = None
         self._failing_since: float | None = None
+        self._last_failure = 0.0
+        # Failures further apart than this are separate outages (a publish attempt lasts at
+        # most `timeout_s`; the batch that holds the letters is retried well within a minute).
+        self._outage_gap_s = timeout_s * 2 + 60.0
 
     async def start(self) -> None:
         producer = build_producer(self._settings)
@@ -112,8 +122,12 @@ class DeadLetterPublisher:
                 assert self._producer is not None
                 refused = await self._send_all(self._producer, letters)
         except (TimeoutError, KafkaError, OSError):
-            if self._failing_since is None:
-                self._failing_since = time.monotonic()
+            now = time.monotonic()
+            # An outage is failures in a row; one long after the last (the batches between
+            # were fenced or revoked, and never tried) starts a new one.
+            if self._failing_since is None or now - self._last_failure > self._outage_gap_s:
+                self._failing_since = now
+            self._last_failure = now
             await self.stop()
             raise
         self._failing_since = None
@@ -137,6 +151,11 @@ class DeadLetterPublisher:
                 if classify(exc) is not Verdict.RECORD:
                     raise
                 refused.append(Undeliverable(letter, f"the dead-letter topic refused it: {exc!r}"))
+                continue
+            except Exception as exc:  # e.g. aiokafka asserts a key or a value
+                # The client refuses to send this letter at all (a record with neither key nor
+                # value): that belongs to the letter, and retrying would stall the partition.
+                refused.append(Undeliverable(letter, f"the producer refused it: {exc!r}"))
                 continue
             sent.append((letter, delivery))
         outcomes = await asyncio.gather(*(d for _, d in sent), return_exceptions=True)

@@ -74,7 +74,7 @@ def constraint(exc: DBAPIError) -> str | None:
 def describe(exc: BaseException) -> str:
     """A short, single-line account of an error, for dead-letter headers and logs."""
     state = sqlstate(exc) if isinstance(exc, DBAPIError) else None
-    text = str(exc.orig if isinstance(exc, DBAPIError) else exc).splitlines()
+    text = str(exc.orig if isinstance(exc, DBAPIError) else exc).split("\n")
     first = text[0] if text else ""
     prefix = f"SQLSTATE {state}: " if state else ""
     return f"{prefix}{first}"[:1000]

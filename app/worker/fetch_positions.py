@@ -6,19 +6,22 @@ compacted records without returning anything for them. The consumer's own positi
 a fetch starting at position P returns records from P on, and leaves the position after the last
 offset it passed. Those two positions are the exact span of the batch, gaps included.
 
-They are exact only if nothing moved the position during the fetch: a seek (ours) or a
-rebalance. Every such move is counted here; a fetch during which the count changed, or the
-assignment was replaced, reports no positions, and the caller falls back on the records' own
-offsets (which the fence then checks, as before). Such a fetch may also have passed offsets
-without records that nobody accounted for (a trailing transaction marker): `reconcile()`, called
-when the member is idle, seeks every partition whose position is not where the batches left it
-back there, and the next fetch covers those offsets exactly. Seeking back is always safe: the
-fence refuses whatever does not begin at the stored position.
+The position before the fetch is exact unless something moved it during the fetch: a seek of
+ours, or a rebalance. So each seek is remembered per partition, with the assignment it was made
+on: a partition sought during the fetch starts at the offset it was sought to (aiokafka drops
+whatever it had buffered for it, and any fetch response for another offset); one untouched keeps
+its position from before; one whose start cannot be known (assigned anew and positioned by Kafka
+itself) falls back on its records' own offsets, which the fence then checks. A fetch may also
+have passed offsets without records that nobody accounted for: `reconcile()`, called when the
+member is idle, seeks every partition whose position is not where the batches left it back
+there, and the next fetch covers those offsets exactly. Seeking back is always safe: the fence
+refuses whatever does not begin at the stored position.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer
@@ -29,57 +32,96 @@ Batch: TypeAlias = dict[TopicPartition, list[Record]]
 Bounds: TypeAlias = dict[TopicPartition, tuple[int | None, int | None]]
 
 
+@dataclass(frozen=True)
+class _Seek:
+    offset: int | None  # None: positioned by Kafka (the log's beginning), offset not known here
+    assignment: Any
+    serial: int
+
+
 class FetchPositions:
     def __init__(self, consumer: AIOKafkaConsumer) -> None:
         self._consumer = consumer
-        self._moves = 0
+        self._serial = 0
+        self._seeks: dict[TopicPartition, _Seek] = {}
         # Where each partition's position should be, given the batches handed out so far.
         self._accounted: dict[TopicPartition, int] = {}
 
-    def moved(self) -> None:
-        """Call on every seek and every rebalance callback."""
-        self._moves += 1
-
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.moved()
         self._consumer.seek(tp, offset)
+        self._remember(tp, offset)
         self._accounted[tp] = offset
 
+    def positioned_by_kafka(self, partitions: Iterable[TopicPartition]) -> None:
+        """Call before asking Kafka to position these (seek_to_beginning)."""
+        for tp in partitions:
+            self._remember(tp, None)
+            self._accounted.pop(tp, None)
+
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
-        """No longer ours, or positioned by Kafka rather than by us: nothing to account for."""
+        """No longer ours: nothing to account for."""
         for tp in partitions:
             self._accounted.pop(tp, None)
+            self._seeks.pop(tp, None)
+
+    def positions(self) -> dict[TopicPartition, int]:
+        return self._positions(self._assignment())
 
     def reconcile(self) -> list[TopicPartition]:
         """Seek each partition whose position is not accounted for back to where it should be
         (call only while no batch is in flight); returns those partitions."""
-        assignment = self._assignment()
         strays = [
             tp
-            for tp, position in self._positions(assignment).items()
+            for tp, position in self.positions().items()
             if tp in self._accounted and self._accounted[tp] != position
         ]
         for tp in strays:
             self.seek(tp, self._accounted[tp])
         return strays
 
+    def rewind_all(self) -> list[TopicPartition]:
+        """Seek every partition to where its batches ended (each seek also drops whatever
+        aiokafka had buffered for it); returns the assigned partitions with no batch yet,
+        which the caller positions afresh."""
+        for tp, offset in list(self._accounted.items()):
+            if tp in self._consumer.assignment():
+                self.seek(tp, offset)
+        return [tp for tp in self._consumer.assignment() if tp not in self._accounted]
+
     async def getmany(self, timeout_ms: int, max_records: int) -> tuple[Batch, Bounds]:
-        """`getmany`, with each returned partition's (position before, position after)."""
-        moves, assignment = self._moves, self._assignment()
+        """`getmany`, with each partition's (position it was fetched from, position after):
+        every partition that returned records or moved, None where the start is not known."""
+        serial, assignment = self._serial, self._assignment()
         before = self._positions(assignment)
         batch: Batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         # Nothing else has run since getmany returned: the positions are those it left.
-        if self._moves != moves or self._assignment() is not assignment:
-            for tp, records in batch.items():
-                if records:
-                    self._accounted[tp] = records[-1].offset + 1
-            return batch, {}
-        after = self._positions(assignment)
-        self._accounted.update(after)
-        # Also the partitions the fetch moved past offsets without returning a record (a
-        # trailing transaction marker): their position must move too, or it lags forever.
-        moved = {tp for tp, position in after.items() if before.get(tp, position) != position}
-        return batch, {tp: (before.get(tp), after.get(tp)) for tp in moved | set(batch)}
+        current = self._assignment()
+        bounds: Bounds = {}
+        for tp, end in self._positions(current).items():
+            start = self._start(tp, serial, assignment, current, before)
+            if batch.get(tp) or (start is not None and start != end):
+                # With records, or moved past offsets without any (a trailing marker): its
+                # position must move too, or it lags forever.
+                bounds[tp] = (start, end)
+                self._accounted[tp] = end
+        return batch, bounds
+
+    def _start(
+        self,
+        tp: TopicPartition,
+        serial: int,
+        assignment: Any,
+        current: Any,
+        before: dict[TopicPartition, int],
+    ) -> int | None:
+        seek = self._seeks.get(tp)
+        if seek is not None and seek.serial > serial:  # sought while the fetch ran
+            return seek.offset if seek.assignment is current else None
+        return before.get(tp) if current is assignment else None
+
+    def _remember(self, tp: TopicPartition, offset: int | None) -> None:
+        self._serial += 1
+        self._seeks[tp] = _Seek(offset, self._assignment(), self._serial)
 
     def has_position(self, tp: object) -> bool:
         assignment = self._assignment()

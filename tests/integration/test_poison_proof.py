@@ -351,3 +351,98 @@ async def test_a_dead_letter_replayed_twice_is_judged_by_its_first_journey(
             await connection.execute(
                 text(f"ALTER TABLE orders DROP CONSTRAINT IF EXISTS {constraint}")
             )
+
+
+async def test_a_stored_position_on_an_aborted_transaction_never_fences_forever(
+    settings: Settings, engine: AsyncEngine, run_id: str
+) -> None:
+    """Found in review: a worker restarting at a stored position that holds an aborted
+    transaction, with orders trickling in, fenced every batch forever (each fence's seek made
+    the fetch running beside it untrusted, so its span began at its first record again)."""
+    customer = f"{run_id}-aborted-at-restart"
+    first = valid_order(customer, 0)
+    await produce(settings, [first])
+    expected = Expectations()
+    expected.accept(customer, first.order_id)
+    async with worker_running(settings, engine):
+        assert await wait_until_stored(engine, expected, timeout=30) == 1
+    transactional = await started_producer(
+        settings.kafka.bootstrap_servers, transactional_id=f"restart-tx-{run_id}"
+    )
+    try:
+        await transactional.begin_transaction()
+        aborted = valid_order(customer, 1)
+        await transactional.send(settings.kafka.orders_topic, aborted.value, key=customer.encode())
+        await transactional.abort_transaction()
+    finally:
+        await transactional.stop()
+
+    async def trickle() -> None:
+        producer = await started_producer(settings.kafka.bootstrap_servers)
+        try:
+            for n in range(2, 150):
+                order = valid_order(customer, n)
+                await producer.send(settings.kafka.orders_topic, order.value, key=customer.encode())
+                expected.accept(customer, order.order_id)
+                await asyncio.sleep(0.02)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    async with worker_running(settings, engine) as worker:
+        await trickle()
+        assert await wait_until_stored(engine, expected, timeout=30) == expected.total
+        assert await positions_reach_log_end(settings, engine)
+        assert worker.stats.fenced <= 1, worker.stats
+    assert (await check_ledger(engine, expected)).holds
+
+
+async def test_a_record_with_neither_key_nor_value_is_quarantined_not_retried_forever(
+    settings: Settings, engine: AsyncEngine, run_id: str
+) -> None:
+    """Found in review: such a record is poison, but the producer refuses to send it to the
+    dead-letter topic at all (aiokafka asserts a key or a value): retried, it stalled."""
+    # aiokafka's send() refuses one; its batch API, Java and librdkafka clients do not.
+    producer = await started_producer(settings.kafka.bootstrap_servers)
+    try:
+        batch = producer.create_batch()
+        batch.append(key=None, value=None, timestamp=None)
+        await (await producer.send_batch(batch, settings.kafka.orders_topic, partition=0))
+    finally:
+        await producer.stop()
+    await produce(settings, ordinary_traffic(run_id))
+    expected = await _expect_all_but(settings, [])
+    async with worker_running(settings, engine) as worker:
+        assert await wait_until_stored(engine, expected, timeout=60) == expected.total
+        assert await positions_reach_log_end(settings, engine)
+        assert worker.stats.quarantined == 1
+    [row] = await _quarantined(engine, settings)
+    assert (row.record_key, row.record_value) == (None, None)
+    assert "producer refused" in row.reason
+
+
+async def test_a_nul_in_a_header_name_of_a_quarantined_record_is_kept_escaped(
+    settings: Settings, engine: AsyncEngine, run_id: str
+) -> None:
+    """Found in review: PostgreSQL's text refuses NUL; a header name holding one failed the
+    very insert that quarantines its record, and the batch was retried forever."""
+    settings = await _with_small_dead_letter_topic(settings, run_id, max_bytes=2048)
+    customer = f"{run_id}-nulheader"
+    producer = await started_producer(settings.kafka.bootstrap_servers)
+    try:
+        await producer.send_and_wait(
+            settings.kafka.orders_topic,
+            base64.b64encode(os.urandom(6000)),
+            key=customer.encode(),
+            headers=[("bad\x00name", b"v")],
+        )
+    finally:
+        await producer.stop()
+    await produce(settings, ordinary_traffic(run_id))
+    expected = await _expect_all_but(settings, [])
+    async with worker_running(settings, engine) as worker:
+        assert await wait_until_stored(engine, expected, timeout=60) == expected.total
+        assert await positions_reach_log_end(settings, engine)
+        assert worker.stats.quarantined == 1
+    [row] = await _quarantined(engine, settings)
+    assert row.header_names == ["bad\\x00name"]
