@@ -24,7 +24,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            engine = create_engine(settings.database)
+            engine = create_engine(settings.database, settings.database.connect_timeout_s)
             stack.push_async_callback(engine.dispose)
             publisher = OrderPublisher(
                 settings.kafka, settings.api.ack_deadline_s, settings.api.ack_grace_s

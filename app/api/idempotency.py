@@ -65,6 +65,7 @@ class IdempotencyKeys:
         self._lease_and_retention = (lease_s, retention_s)
         self._timeout_s = timeout_s
         self._purging: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()  # answers still being remembered
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IdempotencyKeys:
@@ -74,7 +75,9 @@ class IdempotencyKeys:
             retention_s=settings.api.idempotency_retention_s,
             # The longest a live request holds its key: the acknowledgement wait (deadline and
             # grace), then the write that remembers the answer.
-            lease_s=settings.api.ack_deadline_s + settings.api.ack_grace_s + timeout_s,
+            # A request may first wait up to one deadline for the topic's metadata, then the
+            # acknowledgement (deadline and grace), then the write that remembers the answer.
+            lease_s=2 * settings.api.ack_deadline_s + settings.api.ack_grace_s + timeout_s,
             timeout_s=timeout_s,
         )
 
@@ -85,6 +88,8 @@ class IdempotencyKeys:
             self._purging = asyncio.create_task(self._purge_forever(), name="idempotency-purge")
 
     async def stop(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
         if self._purging is not None:
             self._purging.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -168,16 +173,55 @@ class IdempotencyKeys:
         still goes out, and a retry after the lease produces again with the same order id.
         """
         try:
-            async with self._connection() as connection:
-                remembered = await idempotency_keys.complete(
-                    connection, claim.scope, claim.key, claim.order_id, partition, offset
-                )
-        except DatabaseUnavailableError as exc:
+            remembered = await self._complete(claim, partition, offset)
+        except Exception as exc:  # the order is accepted: nothing here may turn it into a 5xx
             log.warning(
-                "order %s accepted but its Idempotency-Key not updated: %s", claim.order_id, exc
+                "order %s accepted, its Idempotency-Key not updated yet (%r); retrying in the "
+                "background while its lease lasts",
+                claim.order_id,
+                exc,
             )
+            self._remember_later(claim, partition, offset)
             return partition, offset
         return remembered or (partition, offset)
+
+    async def _complete(self, claim: Claim, partition: int, offset: int) -> tuple[int, int] | None:
+        async with self._connection() as connection:
+            return await idempotency_keys.complete(
+                connection,
+                claim.scope,
+                claim.key,
+                claim.order_id,
+                partition,
+                offset,
+                self._retention_s,
+            )
+
+    def _remember_later(self, claim: Claim, partition: int, offset: int) -> None:
+        """Keep trying to remember a 202 until the claim's lease ends: until then no other
+        request can take the key, so a blip shorter than the lease changes no answer."""
+
+        async def retry() -> None:
+            loop = asyncio.get_running_loop()
+            deadline, delay = loop.time() + self._lease_s, 0.1
+            while loop.time() < deadline:
+                await asyncio.sleep(delay)
+                try:
+                    await self._complete(claim, partition, offset)
+                except Exception as exc:  # logged; tried again until the lease ends
+                    log.debug("Idempotency-Key of order %s: %r", claim.order_id, exc)
+                    delay = min(delay * 2, 2.0)
+                else:
+                    return
+            log.error(
+                "order %s accepted, but its Idempotency-Key could not be updated within its "
+                "lease: a retry may produce it again (stored once; its answer may differ)",
+                claim.order_id,
+            )
+
+        task = asyncio.create_task(retry(), name=f"idempotency-complete-{claim.order_id}")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def fail(self, claim: Claim) -> None:
         """Give the key up after a 503, so a retry produces again at once (not after the lease)."""
@@ -185,7 +229,7 @@ class IdempotencyKeys:
         try:
             async with self._connection() as connection:
                 await idempotency_keys.fail(connection, claim.scope, claim.key, claim.lease_until)
-        except DatabaseUnavailableError as exc:
+        except Exception as exc:  # best effort: the lease ends the claim anyway
             log.warning(
                 "Idempotency-Key of order %s stays in flight until its lease ends: %s",
                 claim.order_id,
@@ -226,7 +270,12 @@ class IdempotencyKeys:
             msg = "IdempotencyKeys used before start() or after stop()"
             raise DatabaseUnavailableError(msg)
         try:
-            async with asyncio.timeout(self._timeout_s), self._pool.acquire() as connection:
+            # The acquire's own timeout also bounds its release, which waits for the server to
+            # acknowledge a cancelled statement (without it, as long as the server is stalled).
+            async with (
+                asyncio.timeout(self._timeout_s),
+                self._pool.acquire(timeout=self._timeout_s) as connection,
+            ):
                 yield connection
         except DATABASE_ERRORS as exc:
             msg = f"PostgreSQL did not answer ({type(exc).__name__})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -60,14 +61,29 @@ ORDER_HEADERS: list[dict[str, Any]] = [
 ]
 
 
+_HEADER_VALUE = re.compile(HEADER_SCHEMA["pattern"])
+
+
 def optional_header(request: Request, name: str) -> str | None:
+    """The header's value as HEADER_SCHEMA says, enforced here rather than left to whichever
+    HTTP parser runs in front (a NUL let through would reach PostgreSQL as a key); sent twice,
+    it is refused: a proxy joining the two would turn a retry into another key."""
     value = request.headers.get(name)
-    if value is not None and not 0 < len(value) <= MAX_HEADER_LENGTH:
-        msg = f"{name} must be 1 to {MAX_HEADER_LENGTH} characters"
-        raise RequestValidationError(
-            [{"loc": ("header", name), "msg": msg, "type": "string_length", "input": value}]
-        )
+    if value is None:
+        return None
+    if not 0 < len(value) <= MAX_HEADER_LENGTH:
+        _refuse_header(name, value, f"{name} must be 1 to {MAX_HEADER_LENGTH} characters")
+    if not _HEADER_VALUE.fullmatch(value):
+        _refuse_header(name, value, f"{name} has a character outside {HEADER_SCHEMA['pattern']}")
+    if len(request.headers.getlist(name)) > 1:
+        _refuse_header(name, value, f"{name} may be sent once")
     return value
+
+
+def _refuse_header(name: str, value: str, msg: str) -> None:
+    raise RequestValidationError(
+        [{"loc": ("header", name), "msg": msg, "type": "value_error", "input": value}]
+    )
 
 
 @router.post(

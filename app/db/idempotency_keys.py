@@ -77,11 +77,14 @@ _TAKE_AGAIN = """
 
 # The first answer wins: an attempt that completes after another one did (possible only once a
 # lease ran out under a live request) keeps and returns the answer already given.
+# The key is kept for the retention from its answer on, not from its first attempt: a client
+# confirming a 202 that came after a 503 must find it.
 _COMPLETE = """
     UPDATE idempotency_keys
     SET state = 'completed',
         partition = CASE WHEN state = 'completed' THEN partition ELSE $4 END,
-        "offset" = CASE WHEN state = 'completed' THEN "offset" ELSE $5 END
+        "offset" = CASE WHEN state = 'completed' THEN "offset" ELSE $5 END,
+        expires_at = greatest(expires_at, clock_timestamp() + make_interval(secs => $6))
     WHERE scope = $1 AND key = $2 AND order_id = $3
     RETURNING partition, "offset"
     """
@@ -117,6 +120,8 @@ async def create_key_pool(settings: DatabaseSettings) -> asyncpg.Pool[asyncpg.Re
         min_size=0,
         max_size=settings.pool_size,
         timeout=settings.connect_timeout_s,
+        # A server that stops answering must not hold a request: every statement is bounded.
+        command_timeout=settings.connect_timeout_s,
         reset=_no_reset,
         server_settings={
             "idle_in_transaction_session_timeout": str(
@@ -194,9 +199,10 @@ async def complete(
     order_id: uuid.UUID,
     partition: int,
     offset: int,
+    retention_s: float,
 ) -> tuple[int, int] | None:
     """Remember the 202's answer; the answer remembered (the first one), or None if forgotten."""
-    row = await connection.fetchrow(_COMPLETE, scope, key, order_id, partition, offset)
+    row = await connection.fetchrow(_COMPLETE, scope, key, order_id, partition, offset, retention_s)
     return None if row is None else (row["partition"], row["offset"])
 
 

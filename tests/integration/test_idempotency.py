@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -18,7 +19,7 @@ from app import contract
 from app.api.idempotency_rules import fingerprint
 from app.api.schemas import OrderRequest
 from app.db.tables import idempotency_keys
-from app.errors import BrokerUnavailableError
+from app.errors import BrokerUnavailableError, DatabaseUnavailableError
 from app.settings import DatabaseSettings, Settings
 from tests.integration.api_client import api_client, order_body, publisher_behind
 from tests.integration.kafka_tools import read_topic
@@ -250,3 +251,87 @@ async def test_without_postgresql_a_keyed_order_gets_503_and_an_unkeyed_one_stil
     assert unkeyed.status_code == 202  # orders without a key never touch PostgreSQL
     [record] = await records_on(settings)
     assert str(contract.decode(record.value).order_id) == unkeyed.json()["order_id"]
+
+
+def keys_behind(client: httpx.AsyncClient) -> Any:
+    transport = client._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    return transport.app.state.resources.idempotency_keys  # type: ignore[attr-defined]
+
+
+async def test_a_202_whose_answer_could_not_be_remembered_is_still_the_only_answer(
+    settings: Settings, run_id: str
+) -> None:
+    """Found in review: PostgreSQL dropping the connection between Kafka's acknowledgement and
+    remembering the answer left the key in flight; a retry after the lease produced again and
+    got another offset. The answer is now remembered in the background while the lease lasts."""
+    customer, key = f"{run_id}-blip", keyed("k-blip")
+    body = order_body(customer, 1)
+    async with api_client(settings) as client:
+        keys = keys_behind(client)
+        original = keys._complete
+        calls = 0
+
+        async def blip_once(*args: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise DatabaseUnavailableError("connection dropped")
+            return await original(*args)
+
+        keys._complete = blip_once
+        first = await client.post("/orders", json=body, headers=key)
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if calls >= 2:
+                break
+        again = await client.post("/orders", json=body, headers=key)
+    assert first.status_code == again.status_code == 202
+    assert first.json() == again.json()
+    assert len(await records_on(settings)) == 1
+
+
+async def test_a_key_is_kept_for_its_retention_from_its_answer_not_its_first_attempt(
+    settings: Settings, run_id: str
+) -> None:
+    """Found in review: retention ran from the first attempt, so a slow first answer could
+    expire moments after it was given, and a confirming retry made a second order."""
+    api = settings.api.model_copy(update={"idempotency_retention_s": 2.0})
+    settings = settings.model_copy(update={"api": api})
+    customer, key = f"{run_id}-slow", keyed("k-slow")
+    body = order_body(customer, 1)
+    async with api_client(settings) as client:
+        async with publishing_held(client) as release:
+            first = asyncio.create_task(client.post("/orders", json=body, headers=key))
+            await asyncio.sleep(1.5)  # answered 1.5 s into its 2 s retention
+            release.set()
+            answer = await first
+        await asyncio.sleep(1.0)  # past 2 s from the first attempt, within 2 s of the answer
+        again = await client.post("/orders", json=body, headers=key)
+    assert answer.status_code == again.status_code == 202
+    assert answer.json() == again.json()
+
+
+@pytest.mark.parametrize("value", ["a\x01b", " lead", "tab\there\x7f"])
+async def test_a_key_with_a_character_the_schema_excludes_is_422_not_passed_on(
+    settings: Settings, run_id: str, value: str
+) -> None:
+    async with api_client(settings) as client:
+        response = await client.post(
+            "/orders", json=order_body(f"{run_id}-h", 1), headers={"Idempotency-Key": value}
+        )
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert await records_on(settings) == []
+
+
+async def test_an_idempotency_key_sent_twice_is_422(settings: Settings, run_id: str) -> None:
+    async with api_client(settings) as client:
+        response = await client.post(
+            "/orders",
+            json=order_body(f"{run_id}-twice", 1),
+            headers=[("Idempotency-Key", "k-1"), ("Idempotency-Key", "k-2")],
+        )
+    assert response.status_code == 422, response.text
+    assert "once" in response.json()["errors"][0]["msg"]
+    assert await records_on(settings) == []
