@@ -50,3 +50,19 @@ async def started_producer(bootstrap: str, **options: Any) -> AIOKafkaProducer:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, **options)
     await producer.start()
     return producer
+
+
+def late_order(customer: str) -> tuple[contract.OrderEnvelope, datetime]:
+    """A good order first appended 30 s ago, its acceptance deadline long past by now."""
+    first_append = datetime.now(UTC) - timedelta(seconds=30)
+    items = (contract.OrderLine(sku="a", quantity=1, unit_price=Decimal("1.00")),)
+    order = contract.OrderEnvelope(
+        order_id=contract.new_order_id(),
+        customer_id=customer,
+        items=items,
+        total=contract.order_total(items),
+        currency="EUR",
+        accepted_at=first_append,
+        accept_by=first_append + timedelta(seconds=5),
+    )
+    return order, first_append

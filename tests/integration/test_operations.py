@@ -7,8 +7,6 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -29,6 +27,7 @@ from app.operations.kafka_clients import KafkaCommandError
 from app.operations.lag import group_lag
 from app.operations.offsets import ResetRefusedError, Target, apply_reset, plan_reset
 from app.settings import Settings
+from tests.integration.direct import late_order
 from tests.integration.kafka_tools import end_offsets, non_empty, read_topic
 from tests.integration.load import customers_for, orders_accepted
 from tests.integration.oracle import Expectations, check_ledger, stored_positions, wait_until_stored
@@ -139,17 +138,7 @@ async def test_a_replayed_dead_letter_that_now_parses_is_stored_judged_by_its_fi
     """As if an older worker had dead-lettered a good order: replayed after its deadline, it is
     judged by the time the broker first appended it, and stored."""
     customer = f"{run_id}-replayed"
-    first_append = datetime.now(UTC) - timedelta(seconds=30)
-    items = (contract.OrderLine(sku="a", quantity=1, unit_price=Decimal("1.00")),)
-    order = contract.OrderEnvelope(
-        order_id=contract.new_order_id(),
-        customer_id=customer,
-        items=items,
-        total=contract.order_total(items),
-        currency="EUR",
-        accepted_at=first_append,
-        accept_by=first_append + timedelta(seconds=5),  # long past by now
-    )
+    order, first_append = late_order(customer)
     value, headers = contract.encode(order, "r-1")
     provenance = {
         dlq.H_TOPIC: settings.kafka.orders_topic,

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import os
 import uuid
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.records_to_delete import RecordsToDelete
@@ -266,6 +267,21 @@ async def test_records_deleted_past_the_stored_position_are_skipped_on_the_recor
 # --- helpers ---------------------------------------------------------------------------------
 
 
+async def _ordinary_traffic_flows_and_one_record_is_quarantined(
+    settings: Settings, engine: AsyncEngine, run_id: str
+) -> Any:
+    """Ordinary orders after the hostile record: all stored, every position at the log's end,
+    and exactly one record quarantined (returned)."""
+    await produce(settings, ordinary_traffic(run_id))
+    expected = await _expect_all_but(settings, [])
+    async with worker_running(settings, engine) as worker:
+        assert await wait_until_stored(engine, expected, timeout=60) == expected.total
+        assert await positions_reach_log_end(settings, engine)
+        assert worker.stats.quarantined == 1
+    [row] = await _quarantined(engine, settings)
+    return row
+
+
 async def _expect_all_but(settings: Settings, left_out: list[DirectOrder]) -> Expectations:
     """Every valid order on the topic is expected, in topic order, except `left_out`."""
     skip = {order.value for order in left_out}
@@ -410,13 +426,7 @@ async def test_a_record_with_neither_key_nor_value_is_quarantined_not_retried_fo
         await (await producer.send_batch(batch, settings.kafka.orders_topic, partition=0))
     finally:
         await producer.stop()
-    await produce(settings, ordinary_traffic(run_id))
-    expected = await _expect_all_but(settings, [])
-    async with worker_running(settings, engine) as worker:
-        assert await wait_until_stored(engine, expected, timeout=60) == expected.total
-        assert await positions_reach_log_end(settings, engine)
-        assert worker.stats.quarantined == 1
-    [row] = await _quarantined(engine, settings)
+    row = await _ordinary_traffic_flows_and_one_record_is_quarantined(settings, engine, run_id)
     assert (row.record_key, row.record_value) == (None, None)
     assert "producer refused" in row.reason
 
@@ -438,11 +448,5 @@ async def test_a_nul_in_a_header_name_of_a_quarantined_record_is_kept_escaped(
         )
     finally:
         await producer.stop()
-    await produce(settings, ordinary_traffic(run_id))
-    expected = await _expect_all_but(settings, [])
-    async with worker_running(settings, engine) as worker:
-        assert await wait_until_stored(engine, expected, timeout=60) == expected.total
-        assert await positions_reach_log_end(settings, engine)
-        assert worker.stats.quarantined == 1
-    [row] = await _quarantined(engine, settings)
+    row = await _ordinary_traffic_flows_and_one_record_is_quarantined(settings, engine, run_id)
     assert row.header_names == ["bad\\x00name"]

@@ -7,8 +7,7 @@ import asyncio
 import dataclasses
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -27,27 +26,12 @@ from app.db.quarantine import (
 )
 from app.operations.dlq import QUARANTINE_SOURCE, ReplayRefusedError, replay_quarantined
 from app.settings import Settings
+from tests.integration.direct import late_order
 from tests.integration.oracle import Expectations, check_ledger, wait_until_stored
 from tests.integration.processes import settings_env
 from tests.integration.worker_harness import worker_running
 
 ORDERS = str(Path(sys.executable).with_name("orders"))
-
-
-def late_order(customer: str) -> tuple[contract.OrderEnvelope, datetime]:
-    """A good order first appended 30 s ago, its acceptance deadline long past by now."""
-    first_append = datetime.now(UTC) - timedelta(seconds=30)
-    items = (contract.OrderLine(sku="a", quantity=1, unit_price=Decimal("1.00")),)
-    order = contract.OrderEnvelope(
-        order_id=contract.new_order_id(),
-        customer_id=customer,
-        items=items,
-        total=contract.order_total(items),
-        currency="EUR",
-        accepted_at=first_append,
-        accept_by=first_append + timedelta(seconds=5),
-    )
-    return order, first_append
 
 
 def quarantined(
