@@ -39,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from sqlalchemy import text
+from stop_processes import stop_processes
 
 from app.db.engine import create_engine
 from app.operations.kafka_clients import admin_client, offsets_consumer, topic_partitions
@@ -47,7 +48,6 @@ from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".venv" / "bin"
-STOP_GRACE_S = 40
 READY_TIMEOUT_S = 90
 DRAIN_TIMEOUT_S = 120
 
@@ -87,7 +87,7 @@ def main() -> int:
         fuzzed = _schemathesis(f"http://127.0.0.1:{port}", args, env, logs)
         drained = asyncio.run(_drained(settings))
     finally:
-        codes = _stop(processes)
+        codes = stop_processes(processes)
         asyncio.run(_remove(base, settings, database))
     stopped = all(code in (0, -signal.SIGTERM) for code in codes)
     if not stopped:
@@ -174,20 +174,6 @@ def _wait_ready(url: str, processes: list[subprocess.Popen[bytes]]) -> None:
             pass
         time.sleep(0.3)
     raise SystemExit(f"the API was not ready within {READY_TIMEOUT_S}s")
-
-
-def _stop(processes: list[subprocess.Popen[bytes]]) -> list[int]:
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    for process in processes:
-        try:
-            process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return [process.returncode for process in processes]
 
 
 def _settings_from(env: dict[str, str]) -> Settings:

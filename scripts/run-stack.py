@@ -15,8 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from stop_processes import stop_processes
+
 ORDERS = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "orders")
-STOP_GRACE_S = 40
 
 
 def main() -> int:
@@ -47,16 +48,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     while not stopping and all(p.poll() is None for p in processes):
         time.sleep(0.2)
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    for process in processes:
-        try:
-            process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-    codes = [p.returncode for p in processes]
+    codes = stop_processes(processes)
     print(f"stopped (exit codes: {codes})", flush=True)
     # uvicorn re-raises the SIGTERM it handled after a graceful shutdown: that is a clean exit.
     clean = all(code in (0, -signal.SIGTERM) for code in codes)

@@ -163,21 +163,44 @@ async def record_skipped(
     """Note that offsets [from_offset, to_offset) held nothing to process (`to_offset` is the
     next offset after the gap). A range already noted from the same offset is left as it is.
     Returns whether the row is new."""
+    new = await record_skipped_ranges(
+        connection, group_id, topic, [(partition, from_offset, to_offset)], reason, worker
+    )
+    return new == 1
+
+
+async def record_skipped_ranges(
+    connection: AsyncConnection,
+    group_id: str,
+    topic: str,
+    ranges: Sequence[tuple[int, int, int]],
+    reason: str,
+    worker: str,
+) -> int:
+    """`record_skipped` for many (partition, from_offset, to_offset) ranges, in one statement
+    (a batch from a transactional producer holds a marker after every transaction); how many
+    rows are new."""
+    if not ranges:
+        return 0
+    rows = [
+        {
+            "group_id": group_id,
+            "topic": topic,
+            "partition": partition,
+            "from_offset": start,
+            "to_offset": end,
+            "reason": reason,
+            "worker": worker,
+        }
+        for partition, start, end in ranges
+    ]
     statement = (
         insert(skipped_offsets)
-        .values(
-            group_id=group_id,
-            topic=topic,
-            partition=partition,
-            from_offset=from_offset,
-            to_offset=to_offset,
-            reason=reason,
-            worker=worker,
-        )
+        .values(rows)
         .on_conflict_do_nothing(index_elements=["group_id", "topic", "partition", "from_offset"])
         .returning(skipped_offsets.c.from_offset)
     )
-    return (await connection.execute(statement)).first() is not None
+    return len((await connection.execute(statement)).all())
 
 
 async def list_quarantined(

@@ -22,7 +22,6 @@ import logging
 from dataclasses import dataclass, field
 
 from aiokafka.errors import KafkaError
-from aiokafka.structs import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import quarantine
@@ -30,7 +29,7 @@ from app.db.positions import advance_positions, claim_partitions
 from app.worker import faults
 from app.worker.dlq_publisher import DeadLetterPublisher, Letter, Undeliverable
 from app.worker.failures import describe
-from app.worker.order_store import IncomingOrder, insert_orders
+from app.worker.order_store import insert_orders
 from app.worker.records import OffsetGap, PreparedBatch
 
 log = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ class BatchWriter:
                 return outcome
             inserted = await insert_orders(connection, batch.orders)
             letters = [Letter(p.record, p.error) for p in batch.poison]
-            letters += [Letter(_source(r.order), r.error) for r in inserted.refused]
+            letters += [Letter(r.order.record, r.error) for r in inserted.refused]
             undeliverable = await self._dead_letter(letters)
             if letters:
                 faults.hit("after_dead_letter")
@@ -155,21 +154,11 @@ class BatchWriter:
                 gap.end - 1,
                 GAP_REASON,
             )
-            await quarantine.record_skipped(
-                connection,
-                group_id=self._scope.group_id,
-                topic=self._scope.topic,
-                partition=gap.partition,
-                from_offset=gap.start,
-                to_offset=gap.end,
-                reason=GAP_REASON,
-                worker=self._scope.owner,
-            )
-
-
-def _source(order: IncomingOrder) -> ConsumerRecord[bytes, bytes]:
-    record = order.record
-    if record is None:  # every order the worker parses carries its record
-        msg = "a refused order has no source record to dead-letter"
-        raise RuntimeError(msg)
-    return record
+        await quarantine.record_skipped_ranges(
+            connection,
+            self._scope.group_id,
+            self._scope.topic,
+            [(gap.partition, gap.start, gap.end) for gap in gaps],
+            GAP_REASON,
+            self._scope.owner,
+        )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 from sqlalchemy.exc import DBAPIError
 
 from app.errors import OrdersError
@@ -44,9 +44,7 @@ def classify(exc: BaseException) -> Verdict:
         return _classify_sqlstate(sqlstate(exc), constraint(exc))
     if isinstance(exc, _RECORD_KAFKA_ERRORS):
         return Verdict.RECORD
-    if isinstance(exc, KafkaError):
-        return Verdict.TRANSIENT
-    return Verdict.TRANSIENT
+    return Verdict.TRANSIENT  # every other Kafka error, and everything not foreseen
 
 
 def _classify_sqlstate(state: str | None, constraint_name: str | None) -> Verdict:

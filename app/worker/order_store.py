@@ -36,7 +36,7 @@ class IncomingOrder:
     partition: int
     offset: int
     # The record it came from, kept for the dead-letter topic should PostgreSQL refuse it.
-    record: ConsumerRecord[bytes, bytes] | None = None
+    record: ConsumerRecord[bytes, bytes]
 
 
 @dataclass(frozen=True)

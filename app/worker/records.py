@@ -8,22 +8,18 @@ offsets of each partition the batch covers, including the offsets with no record
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeAlias
-
-from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from app import contract, dlq_headers
 from app.db.positions import PartitionSpan
 from app.errors import PoisonRecordError
+from app.worker.fetch_positions import Batch, Bounds, Record
 from app.worker.order_store import IncomingOrder
 
 log = logging.getLogger(__name__)
-
-Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
-Batch: TypeAlias = dict[TopicPartition, list[Record]]
 
 
 @dataclass(frozen=True)
@@ -114,7 +110,7 @@ def append_time(record: Record) -> tuple[int, int]:
     types = [_int_or_none(v) for name, v in headers if name == dlq_headers.H_TIMESTAMP_TYPE]
     journeys = [
         (ts, kind if kind is not None else 0)
-        for ts, kind in zip(times, types + [None] * (len(times) - len(types)), strict=True)
+        for ts, kind in itertools.zip_longest(times, types)
         if ts is not None
     ]
     if not journeys:
@@ -133,9 +129,7 @@ def parse(record: Record) -> contract.OrderEnvelope:
     """The record's order, or PoisonRecordError if it can never be one."""
     try:
         return contract.decode(record.value)
-    except (ValueError, OverflowError) as exc:  # e.g. a deadline in year 1
-        if isinstance(exc, PoisonRecordError):
-            raise
+    except (ValueError, OverflowError) as exc:  # raised beyond the contract's own validation
         msg = f"unusable record: {exc}"
         raise PoisonRecordError(msg) from exc
 
@@ -153,9 +147,7 @@ def in_time(envelope: contract.OrderEnvelope, record: Record) -> bool:
 PARSE_SLICE = 100
 
 
-async def prepare(
-    batch: Batch, bounds: Mapping[TopicPartition, tuple[int | None, int | None]]
-) -> PreparedBatch:
+async def prepare(batch: Batch, bounds: Bounds) -> PreparedBatch:
     """Parse a fetched batch; `bounds` holds each partition's fetch positions (see `span_of`)."""
     prepared = PreparedBatch([], [], [])
     for tp, (fetched_from, fetched_to) in bounds.items():
