@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 
 install: deps $(STAMP) ## create .venv with the package and its dev tools
 
-up: deps ## start Kafka and PostgreSQL on loopback (BROKERS=3 for a 3-broker cluster)
+up: deps ## start Kafka and PostgreSQL on loopback (BROKERS=3: 3 brokers; KAFKA_SECURITY=sasl_ssl: TLS, SCRAM users, ACLs)
 	@$(PYTHON) scripts/services.py up --brokers $(BROKERS)
 
 down: ## stop Kafka and PostgreSQL (fine when nothing runs)
@@ -39,8 +39,8 @@ down: ## stop Kafka and PostgreSQL (fine when nothing runs)
 status: ## what is running
 	@$(PYTHON) scripts/services.py status
 
-migrate: install up ## apply migrations and create topics
-	$(BIN)/orders migrate
+migrate: install up ## apply migrations and create topics (as the operator's Kafka user when secured)
+	@$(PYTHON) scripts/as_principal.py orders-operator $(BIN)/orders migrate
 
 run: install up migrate ## the whole stack in the foreground: API + $(WORKERS) workers; Ctrl-C stops it
 	@$(PYTHON) scripts/run-stack.py --workers $(WORKERS)

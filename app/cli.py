@@ -2,6 +2,7 @@
 
 Processes: `orders api`, `orders worker`, `orders migrate`.
 Operations: `orders lag`, `orders offsets reset`, `orders dlq list|replay`, `orders skipped`.
+Development: `orders token` (a bearer token signed with the local key).
 """
 
 from __future__ import annotations
@@ -21,22 +22,15 @@ log = logging.getLogger("orders")
 
 
 def _api(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
     from app.api import create_app
+    from app.api.http_server import serve
 
     host = args.host or settings.api.host
     port = args.port or settings.api.port
     print(
         f"orders API on http://{host}:{port}  (OpenAPI docs: http://{host}:{port}/docs)", flush=True
     )
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level=settings.log_level.lower(),
-        access_log=args.access_log,
-    )
+    serve(create_app(settings), settings, host, port, access_log=args.access_log)
     return 0
 
 
@@ -66,6 +60,38 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
         state = "created" if report.created else "exists"
         changed = f", set {len(report.changes)} config(s)" if report.changes else ""
         log.info("topic %s: %s, %d partitions%s", report.name, state, report.partitions, changed)
+    return 0
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    # Imported here, not for every command: PyJWT and cryptography take ~0.1 s to load.
+    from app.auth import SCOPES, local_token
+    from app.auth.minting import MAX_TTL_S
+
+    unknown = sorted(set(args.scope) - set(SCOPES))
+    if unknown:
+        print(
+            f"orders: token: unknown scope {unknown}; known: {', '.join(SCOPES)}", file=sys.stderr
+        )
+        return 2
+    if not 0 < args.ttl <= MAX_TTL_S:
+        print(f"orders: token: --ttl must be 1 to {MAX_TTL_S} seconds", file=sys.stderr)
+        return 2
+    if settings.auth.jwks_file is not None or settings.auth.jwks_url is not None:
+        print(
+            "orders: token: AUTH_JWKS_FILE/AUTH_JWKS_URL is set, so the API verifies with "
+            "those keys and will refuse this token (signed with the local key)",
+            file=sys.stderr,
+        )
+    token = local_token(
+        settings.auth,
+        args.subject,
+        args.scope,
+        customer=args.customer,
+        client_id=args.client_id,
+        ttl_s=args.ttl,
+    )
+    print(token)
     return 0
 
 
@@ -133,6 +159,24 @@ def build_parser() -> argparse.ArgumentParser:
     skipped.add_argument("--partition", type=int, action="append", help="repeatable; default all")
     skipped.add_argument("--limit", type=int, default=100, help="ranges shown (default 100)")
     skipped.set_defaults(handler=operations.skipped)
+
+    token = commands.add_parser(
+        "token",
+        help="print a bearer access token signed with the local key (AUTH_LOCAL_KEY_FILE, "
+        "created on first use), for development and tests",
+    )
+    token.add_argument("--subject", required=True, help="the token's sub (who it names)")
+    token.add_argument(
+        "--scope", action="append", required=True, help="orders:write or orders:read; repeatable"
+    )
+    token.add_argument(
+        "--customer", help="the customer it acts for (customer_id); default: any (a service)"
+    )
+    token.add_argument("--client-id", help="the client application's id; default: the subject")
+    token.add_argument(
+        "--ttl", type=int, default=3600, help="seconds (default 3600, at most 7 days)"
+    )
+    token.set_defaults(handler=_token)
     return parser
 
 

@@ -28,6 +28,7 @@ from aiokafka.errors import (
 from app import contract
 from app.batching import Delivery, PartitionBatches, partition_for
 from app.errors import BrokerUnavailableError
+from app.kafka_security import kafka_client_security
 from app.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def build_producer(settings: KafkaSettings) -> AIOKafkaProducer:
         linger_ms=settings.linger_ms,
         max_batch_size=settings.max_batch_size,
         request_timeout_ms=settings.request_timeout_ms,
+        **kafka_client_security(settings),
     )
 
 

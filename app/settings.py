@@ -1,23 +1,61 @@
 """One place for configuration: environment variables (and `.env`), validated at start.
 
-Each group reads its own prefix (`KAFKA_`, `DATABASE_`, `API_`, `WORKER_`), so
+Each group reads its own prefix (`KAFKA_`, `DATABASE_`, `API_`, `WORKER_`, `AUTH_`), so
 `KAFKA_BOOTSTRAP_SERVERS` and `DATABASE_URL` mean what operators expect. With nothing set, the
 defaults point at the services `make up` starts on loopback.
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote
 
-from pydantic import Field, PostgresDsn, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    Field,
+    PostgresDsn,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from app.errors import ConfigurationError
 
 
 def _group(prefix: str) -> SettingsConfigDict:
     return SettingsConfigDict(env_prefix=prefix, env_file=".env", extra="ignore")
+
+
+def local_services_env() -> Path:
+    """KEY=VALUE lines `make up` writes for the services it started (their random credentials)."""
+    return state_dir() / "services.env"
+
+
+class _LocalServicesGroup(BaseSettings):
+    """A group `make up` may have written values for: read them last, below the environment
+    and `.env`, so anything an operator sets wins. Resolved at each instantiation, so that
+    ORDERS_STATE_DIR is honoured whenever it is set."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        local = DotEnvSettingsSource(settings_cls, env_file=local_services_env())
+        return init_settings, env_settings, dotenv_settings, local, file_secret_settings
 
 
 class KafkaSettings(BaseSettings):
@@ -37,6 +75,56 @@ class KafkaSettings(BaseSettings):
     max_batch_size: int = Field(default=65536, ge=1024)
     compression_type: Literal["none", "gzip", "lz4", "snappy", "zstd"] = "lz4"
     request_timeout_ms: int = Field(default=10000, ge=1000)
+    # How every client connects (options built in one place: app/kafka_security.py).
+    # PLAINTEXT suits the local dev broker only; `KAFKA_SECURITY=sasl_ssl make up` writes a
+    # SASL_SSL + SCRAM-SHA-512 set per service under .state/kafka/credentials/.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    # The CA that signed the brokers' certificates (PEM); unset: the system's trusted CAs.
+    ssl_cafile: Path | None = None
+    # A client certificate (PEM, with its chain) and key, for brokers that require mutual TLS.
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @field_validator(
+        "sasl_username", "sasl_password", "ssl_cafile", "ssl_certfile", "ssl_keyfile", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `KAFKA_SSL_CAFILE=` in .env (as .env.example lists it) means "not set", not Path(".").
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _security_is_consistent(self) -> KafkaSettings:
+        protocol = self.security_protocol
+        if protocol.startswith("SASL_"):
+            if not self.sasl_username or not self.sasl_password:
+                msg = (
+                    f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and "
+                    "KAFKA_SASL_PASSWORD"
+                )
+                raise ValueError(msg)
+            if protocol == "SASL_PLAINTEXT" and self.sasl_mechanism == "PLAIN":
+                msg = (
+                    "KAFKA_SASL_MECHANISM=PLAIN over KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT would "
+                    "send the password in clear text: use SASL_SSL, or a SCRAM mechanism"
+                )
+                raise ValueError(msg)
+        elif self.sasl_username or self.sasl_password:
+            # Someone believes this client authenticates; it would not.
+            msg = f"KAFKA_SASL_USERNAME/PASSWORD are set but KAFKA_SECURITY_PROTOCOL={protocol}"
+            raise ValueError(msg)
+        if protocol not in ("SSL", "SASL_SSL") and (
+            self.ssl_cafile or self.ssl_certfile or self.ssl_keyfile
+        ):
+            msg = f"KAFKA_SSL_* files are set but KAFKA_SECURITY_PROTOCOL={protocol} has no TLS"
+            raise ValueError(msg)
+        if self.ssl_keyfile and not self.ssl_certfile:
+            msg = "KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE (the certificate it belongs to)"
+            raise ValueError(msg)
+        return self
 
     @model_validator(mode="after")
     def _isr_fits_replicas(self) -> KafkaSettings:
@@ -49,28 +137,68 @@ class KafkaSettings(BaseSettings):
         return self
 
 
-class DatabaseSettings(BaseSettings):
+class DatabaseSettings(_LocalServicesGroup):
     model_config = _group("DATABASE_")
 
-    url: PostgresDsn = PostgresDsn("postgresql+asyncpg://orders:orders@127.0.0.1:5432/orders")
+    # The application's role: DML only (migrations/versions/0003 grants it). No password here:
+    # `make up` writes the local roles' URLs, with random passwords, to <state>/services.env.
+    url: PostgresDsn = PostgresDsn("postgresql+asyncpg://orders_app@127.0.0.1:5432/orders")
+    # The schema owner's URL, used by `orders migrate` only (DDL); unset: DATABASE_URL's.
+    migration_url: PostgresDsn | None = None
+    # The role the migrations grant the application's privileges to; unset: DATABASE_URL's user.
+    app_role: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     pool_size: int = Field(default=5, ge=1)
     connect_timeout_s: float = Field(default=5.0, gt=0)
     # A frozen process must not keep row locks forever: the server ends its open transaction.
     idle_in_transaction_timeout_s: float = Field(default=30.0, gt=0)
 
-    @field_validator("url")
+    @field_validator("url", "migration_url")
     @classmethod
-    def _asyncpg_driver(cls, url: PostgresDsn) -> PostgresDsn:
+    def _asyncpg_driver(cls, url: PostgresDsn | None) -> PostgresDsn | None:
+        if url is None:
+            return None
         if url.scheme not in {"postgresql+asyncpg", "postgresql", "postgres"}:
-            msg = "DATABASE_URL must be a postgresql:// or postgresql+asyncpg:// URL"
+            msg = "must be a postgresql:// or postgresql+asyncpg:// URL"
             raise ValueError(msg)
+        # No escape hatch on purpose: it would sit in the same .env as the weak password, and
+        # every legitimate setup has a real one (`make up` and the tests generate theirs).
+        _refuse_default_password(url)
         return PostgresDsn(str(url).replace(f"{url.scheme}://", "postgresql+asyncpg://", 1))
+
+    @property
+    def owner_url(self) -> PostgresDsn:
+        """Where migrations connect: DATABASE_MIGRATION_URL, else DATABASE_URL."""
+        return self.migration_url or self.url
+
+    @property
+    def granted_role(self) -> str:
+        """The role migrations grant the application's privileges to."""
+        return self.app_role or unquote(self.url.hosts()[0]["username"] or "")
+
+
+# Passwords that are someone's default somewhere (this project's own former one included), or
+# the placeholder .env.example ships: a URL carrying one is refused, never used.
+_DEFAULT_PASSWORDS = frozenset({"orders", "postgres", "password", "change-me", "changeme"})
+
+
+def _refuse_default_password(url: PostgresDsn) -> None:
+    for host in url.hosts():
+        user = unquote(host["username"] or "")
+        password = unquote(host["password"] or "")
+        if password and (password == user or password.lower() in _DEFAULT_PASSWORDS):
+            msg = (
+                f"the password of {user!r} is a default or its user name; use a random one "
+                "(`make up` writes local ones to .state/services.env)"
+            )
+            raise ValueError(msg)
 
 
 class ApiSettings(BaseSettings):
     model_config = _group("API_")
 
     host: str = "127.0.0.1"
+    # Serve /docs, /redoc and /openapi.json (404 when false).
+    docs_enabled: bool = True
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     # The acceptance deadline: an order the broker has not appended within this long after the
@@ -83,6 +211,66 @@ class ApiSettings(BaseSettings):
     # How long an Idempotency-Key is remembered (app/api/idempotency.py); expired keys are
     # treated as unknown, and purged in the background.
     idempotency_retention_s: float = Field(default=24 * 3600.0, gt=0)
+    # Abuse limits at the HTTP edge (app/api/http_server.py, edge_guard.py, rate_limit.py).
+    # Every one is per API process: N processes admit N times as much.
+    # The request head (request line + headers): bigger or more numerous -> 431, then close.
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    max_headers: int = Field(default=100, ge=8)
+    # From a request's first byte (from accept, for a connection's first request) until its
+    # headers are complete; then from there until its body is complete (408 if unanswered).
+    head_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    # An idle keep-alive connection is closed after this long.
+    keep_alive_timeout_s: int = Field(default=5, ge=1)
+    # Connections open at once; one more is answered 503 and closed.
+    max_connections: int = Field(default=1024, ge=1)
+    # The listen queue of connections the kernel accepted before the process does.
+    backlog: int = Field(default=2048, ge=1)
+    # Requests being answered at once (each pending POST holds memory while it waits for the
+    # broker's acknowledgement); one more is answered 503. /healthz and /readyz are not counted.
+    max_in_flight: int = Field(default=512, ge=1)
+    # Per-client token bucket: a sustained rate and a burst; 0 in either disables the limit.
+    rate_limit_per_s: float = Field(default=100.0, ge=0)
+    rate_limit_burst: int = Field(default=200, ge=0)
+
+
+def state_dir() -> Path:
+    """Where local state lives (`make up`'s services, the development signing key)."""
+    return Path(os.environ.get("ORDERS_STATE_DIR", ".state"))
+
+
+class AuthSettings(BaseSettings):
+    """Bearer access tokens (JWT, RFC 9068), verified by app/auth. Keys come from AUTH_JWKS_FILE,
+    or AUTH_JWKS_URL, or else the local development key (created on first use)."""
+
+    # An empty AUTH_JWKS_FILE= (as in .env.example) means unset, not the current folder.
+    model_config = SettingsConfigDict(**_group("AUTH_"), env_ignore_empty=True)
+
+    # false lets every request in as an anonymous service with every scope (logged at start).
+    enabled: bool = True
+    issuer: str = Field(default="orders-local", min_length=1)
+    audience: str = Field(default="orders-api", min_length=1)
+    # Clock skew allowed on exp, nbf and iat.
+    leeway_s: float = Field(default=30.0, ge=0, le=300)
+    jwks_file: Path | None = None
+    jwks_url: str | None = Field(default=None, pattern=r"^https?://")
+    # A JWKS URL's keys are fetched again after this long, and on an unknown kid at most once
+    # per cooldown (a stream of made-up kids must not become a stream of fetches).
+    jwks_max_age_s: float = Field(default=300.0, gt=0)
+    jwks_refresh_cooldown_s: float = Field(default=30.0, ge=0)
+    jwks_timeout_s: float = Field(default=5.0, gt=0)
+    local_key_file: Path = Field(
+        default_factory=lambda: state_dir() / "auth" / "local-signing-key.pem"
+    )
+    # Verified tokens remembered (token -> principal, until it expires), per API process.
+    token_cache_size: int = Field(default=10_000, ge=0)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> AuthSettings:
+        if self.jwks_file is not None and self.jwks_url is not None:
+            msg = "set AUTH_JWKS_FILE or AUTH_JWKS_URL, not both"
+            raise ValueError(msg)
+        return self
 
 
 class WorkerSettings(BaseSettings):
@@ -132,6 +320,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
 
 def load_settings() -> Settings:
@@ -142,6 +331,7 @@ def load_settings() -> Settings:
             database=DatabaseSettings(),
             api=ApiSettings(),
             worker=WorkerSettings(),
+            auth=AuthSettings(),
         )
     except ValidationError as exc:
         raise ConfigurationError(_describe(exc)) from exc
@@ -157,6 +347,7 @@ _PREFIXES = {
     "DatabaseSettings": "DATABASE_",
     "ApiSettings": "API_",
     "WorkerSettings": "WORKER_",
+    "AuthSettings": "AUTH_",
     "Settings": "",
 }
 

@@ -19,6 +19,7 @@ from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Int8, Int16, Int32, Schema, String
 
 from app.errors import OrdersError
+from app.kafka_security import kafka_client_security
 from app.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ async def ensure_topics(settings: KafkaSettings) -> list[TopicReport]:
         bootstrap_servers=settings.bootstrap_servers,
         client_id=f"{settings.client_id}-admin",
         request_timeout_ms=settings.request_timeout_ms,
+        **kafka_client_security(settings),
     )
     await admin.start()
     try:

@@ -1,4 +1,8 @@
-"""Alembic environment: async engine, NullPool, migrations run through run_sync."""
+"""Alembic environment: async engine, NullPool, migrations run through run_sync.
+
+`config.attributes["app_role"]` names the role the migrations grant the application's
+privileges to (app/db/migrate.py sets it from the settings).
+"""
 
 from __future__ import annotations
 
@@ -16,11 +20,25 @@ config = context.config
 
 
 def _url() -> str:
-    return config.get_main_option("sqlalchemy.url") or str(get_settings().database.url)
+    return config.get_main_option("sqlalchemy.url") or str(get_settings().database.owner_url)
+
+
+def app_role() -> str:
+    role = config.attributes.get("app_role") or get_settings().database.granted_role
+    if not role:
+        msg = "no application role to grant to: set DATABASE_APP_ROLE or a user in DATABASE_URL"
+        raise RuntimeError(msg)
+    return str(role)
 
 
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=metadata, compare_type=True)
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        compare_type=True,
+        # Read by the migrations that grant privileges (0003 and later).
+        app_role=app_role(),
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -33,7 +51,7 @@ async def _run_online() -> None:
 
 
 if context.is_offline_mode():
-    context.configure(url=_url(), target_metadata=metadata, literal_binds=True)
+    context.configure(url=_url(), target_metadata=metadata, literal_binds=True, app_role=app_role())
     with context.begin_transaction():
         context.run_migrations()
 else:

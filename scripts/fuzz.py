@@ -6,6 +6,12 @@ PostgreSQL, but on topics, a consumer group and a database of this run's own (`*
 so `make test` and `make run` never see what the fuzzer produced. They are made first, removed
 at the end, and every process started here is stopped (SIGTERM, then SIGKILL) whatever happens.
 
+Every request carries one service's bearer token (both scopes, minted with `orders token` from
+the local key the API verifies with), so generated data reaches validation; schemathesis'
+`ignored_auth` check sends requests without it, and with a made-up one, and expects 401. There
+is no per-client rate limit in this run (API_RATE_LIMIT_PER_S=0): the fuzzer is one client
+sending far faster than one client may, and a 429 would hide what the data does.
+
 Passing means both:
 1. `schemathesis run --checks all`: every generated request, valid or not, gets an answer that
    its OpenAPI entry describes (status, content type, headers, body), valid data is accepted
@@ -14,7 +20,8 @@ Passing means both:
    to the dead-letter topic or the quarantine (issue 10: a 202 must never jam a worker).
 
 Checks that find nothing to check here, on purpose (schemathesis runs them; they pass vacuously):
-- ignored_auth, object_level_authorization: the API has no authentication yet (issue 11);
+- object_level_authorization: it needs two users' credentials configured; the matrix in
+  tests/integration/test_authorization.py checks a customer's token against another's orders;
 - use_after_free: it has no DELETE;
 - the stateful phase: it follows links; the schema declares none, and schemathesis infers the
   one there is (POST /orders' Location -> GET /orders/{order_id}) from the responses.
@@ -62,6 +69,9 @@ def main() -> int:
     run = secrets.token_hex(4)
     base = Settings()
     database = _with_database(str(base.database.url), f"orders_fuzz_{run}")
+    # The schema's owner creates and migrates the run's database; the API and workers use the
+    # application's role (DML only).
+    owner = _with_database(str(base.database.owner_url), f"orders_fuzz_{run}")
     port = _free_port()
     env = {
         **os.environ,
@@ -69,9 +79,14 @@ def main() -> int:
         "KAFKA_DLQ_TOPIC": f"orders-fuzz-{run}.DLQ",
         "WORKER_GROUP_ID": f"order-workers-fuzz-{run}",
         "DATABASE_URL": database,
+        "DATABASE_MIGRATION_URL": owner,
         "API_HOST": "127.0.0.1",
         "API_PORT": str(port),
+        "API_RATE_LIMIT_PER_S": "0",
+        "AUTH_ENABLED": "true",
     }
+    # Absolute: the API and `orders token` must read one key, whatever their working folder.
+    env["AUTH_LOCAL_KEY_FILE"] = str(_settings_from(env).auth.local_key_file.resolve())
     settings = _settings_from(env)
     logs = ROOT / ".state" / "fuzz" / run
     logs.mkdir(parents=True, exist_ok=True)
@@ -121,9 +136,23 @@ def _schemathesis(url: str, args: argparse.Namespace, env: dict[str, str], logs:
     ]
     if args.seed is not None:
         command += ["--seed", str(args.seed)]
-    hooks = {"SCHEMATHESIS_HOOKS": str(ROOT / "scripts" / "fuzz_hooks.py"), "FUZZ_API": url}
+    token = _service_token(env)
+    command += ["--header", f"Authorization: Bearer {token}"]
+    hooks = {
+        "SCHEMATHESIS_HOOKS": str(ROOT / "scripts" / "fuzz_hooks.py"),
+        "FUZZ_API": url,
+        "FUZZ_TOKEN": token,
+    }
     # Run in the logs folder: schemathesis keeps a cache (.schemathesis/) in its working folder.
     return subprocess.run(command, env={**env, **hooks}, cwd=logs, check=False).returncode
+
+
+def _service_token(env: dict[str, str]) -> str:
+    """A service's token (no customer: it may place orders for any), valid for 8 hours."""
+    command = [BIN / "orders", "token", "--subject", "fuzz", "--ttl", "28800"]
+    command += ["--scope", "orders:write", "--scope", "orders:read"]
+    minted = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    return minted.stdout.strip()
 
 
 async def _drained(settings: Settings) -> str:
@@ -191,7 +220,7 @@ def _with_database(url: str, name: str) -> str:
 
 
 def _admin_url(base: Settings) -> str:
-    return _with_database(str(base.database.url), "postgres").replace("+asyncpg", "")
+    return _with_database(str(base.database.owner_url), "postgres").replace("+asyncpg", "")
 
 
 async def _create_database(base: Settings, url: str) -> None:

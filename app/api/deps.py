@@ -11,7 +11,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.api.authn import Authenticator, get_principal
 from app.api.idempotency import IdempotencyKeys
+from app.auth import Principal
 from app.errors import DatabaseUnavailableError
 from app.publisher import OrderPublisher
 from app.settings import Settings
@@ -23,6 +25,7 @@ class Resources:
     engine: AsyncEngine
     publisher: OrderPublisher
     idempotency_keys: IdempotencyKeys
+    authenticator: Authenticator
 
 
 # Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in a worker
@@ -58,3 +61,5 @@ def idempotency_keys_of(request: Request) -> IdempotencyKeys:
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 ConnectionDep = Annotated[AsyncConnection, Depends(get_connection)]
+# Who asks: the principal the route's BearerRoute found (app/api/authn.py).
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

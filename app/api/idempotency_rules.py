@@ -2,8 +2,8 @@
 Header Field" (draft-ietf-httpapi-idempotency-key-header) specifies it; no I/O here (the store
 that applies them is app.api.idempotency).
 
-Per client scope and key, PostgreSQL (shared by every API process) remembers a fingerprint of the
-first request and its answer. A key's row moves through these states:
+Per client (the token's, app/auth) and key, PostgreSQL (shared by every API process) remembers
+a fingerprint of the first request and its answer. A key's row moves through these states:
 
     absent or expired --claim--> in_flight --202--> completed    same body: that 202 again
                                      |
@@ -31,10 +31,9 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from fastapi import Request
 from pydantic import BaseModel
 
-from app.api.schemas import OrderRequest
+from app.auth import Principal
 from app.db.idempotency_keys import RememberedKey
 
 
@@ -61,10 +60,12 @@ def decide(remembered: RememberedKey | None, fingerprint: bytes, now: datetime) 
     return Decision.IN_FLIGHT if held else Decision.RETRY
 
 
-def client_scope(request: Request, order: OrderRequest) -> str:
-    """Whose keys these are. There is no authentication yet, so keys are scoped by the order's
-    customer; issue 11 returns the token's client identity here instead (this line only)."""
-    return order.customer_id
+def client_scope(principal: Principal) -> str:
+    """Whose keys these are: the authenticated client's (issuer, client id and subject), so one
+    client's keys never collide with another's, as the draft asks. Hashed: the scope is part of
+    the table's primary key, and a token's claims may be long or hold characters (NUL) that a
+    PostgreSQL text value cannot."""
+    return hashlib.sha256(principal.client_key.encode()).hexdigest()
 
 
 def fingerprint(body: BaseModel) -> bytes:

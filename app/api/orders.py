@@ -1,4 +1,8 @@
-"""POST /orders (to Kafka, 202 after acks=all) and GET /orders/{id} (from PostgreSQL)."""
+"""POST /orders (to Kafka, 202 after acks=all) and GET /orders/{id} (from PostgreSQL).
+
+Every route needs a bearer token (app/api/authn.py): `orders:write` to place or validate an
+order, `orders:read` to read one. A customer's token acts for its own customer only.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +18,16 @@ from pydantic import BaseModel
 from starlette.convertors import Convertor, register_url_convertor
 
 from app import contract
-from app.api.deps import ConnectionDep, idempotency_keys_of, publisher_of
+from app.api.authn import BearerRoute, bearer, principal_of
+from app.api.deps import ConnectionDep, PrincipalDep, idempotency_keys_of, publisher_of
 from app.api.idempotency_rules import client_scope, fingerprint
-from app.api.json_body import JsonBodyRoute
 from app.api.problems import problem_responses
 from app.api.schemas import AcceptedOrder, OrderRequest, StoredOrder, ValidatedOrder
+from app.auth import READ, WRITE, OtherCustomerError
 from app.batching import Delivery
 from app.db import queries
 
-router = APIRouter(tags=["orders"], route_class=JsonBodyRoute)
+router = APIRouter(tags=["orders"], route_class=BearerRoute)
 
 MAX_HEADER_LENGTH = 200
 
@@ -41,6 +46,8 @@ HEADER_SCHEMA: dict[str, Any] = {
 # The two optional headers of POST /orders, read straight from the request: declared as FastAPI
 # `Header()` parameters they cost ~60 us of parameter solving per request (measured with
 # `make bench-ingress`), a third of what validating the whole body costs. OpenAPI still lists them.
+# For the same reason the route takes no FastAPI dependency at all: its bearer token is checked by
+# a plain call in BearerRoute's handler, and its principal read with principal_of(request).
 ORDER_HEADERS: list[dict[str, Any]] = [
     {
         "name": "Idempotency-Key",
@@ -92,12 +99,18 @@ def _refuse_header(name: str, value: str, msg: str) -> None:
     response_model=AcceptedOrder,
     responses={
         202: {"description": "Kafka acknowledged the order (acks=all); a worker will store it"},
-        **problem_responses(400, 409, 413, 415, 422, 503, idempotency_key=True),
+        **problem_responses(400, 401, 403, 409, 413, 415, 422, 429, 503, idempotency_key=True),
     },
-    openapi_extra={"parameters": ORDER_HEADERS},
+    openapi_extra={"parameters": ORDER_HEADERS, **bearer(WRITE)},
 )
 async def accept_order(order: OrderRequest, request: Request) -> Response:
-    """Accept an order: answered only after every in-sync replica has it."""
+    """Accept an order: answered only after every in-sync replica has it.
+
+    Needs `orders:write`; a customer's token may place orders for its own customer only (403).
+    """
+    principal = principal_of(request)
+    if not principal.acts_for(order.customer_id):
+        raise OtherCustomerError
     idempotency_key = optional_header(request, "Idempotency-Key")
     request_id = optional_header(request, "X-Request-ID") or str(uuid_utils.uuid7())
     if idempotency_key is None:  # never touches PostgreSQL: validate, produce, answer
@@ -106,7 +119,7 @@ async def accept_order(order: OrderRequest, request: Request) -> Response:
         return accepted(order_id, ack.partition, ack.offset)
 
     keys = idempotency_keys_of(request)
-    claim = await keys.claim(client_scope(request, order), idempotency_key, fingerprint(order))
+    claim = await keys.claim(client_scope(principal), idempotency_key, fingerprint(order))
     if claim.answer is not None:  # answered 202 before: the same answer, nothing produced
         return accepted(claim.order_id, *claim.answer)
     try:
@@ -144,14 +157,18 @@ def accepted(order_id: uuid.UUID, partition: int, offset: int) -> Response:
 @router.post(
     "/orders/validate",
     response_model=ValidatedOrder,
-    responses=problem_responses(400, 413, 415, 422),
+    responses=problem_responses(400, 401, 403, 413, 415, 422, 429),
+    openapi_extra=bearer(WRITE),
 )
-async def validate_order(order: OrderRequest) -> Response:
+async def validate_order(order: OrderRequest, request: Request) -> Response:
     """Dry run: validate an order and price it, without placing it (nothing reaches Kafka).
 
-    It also serves as the ingress benchmark's baseline: the same body, the same validation,
-    the same kind of response, and no Kafka.
+    Needs `orders:write`, and a customer's token only validates its own customer's orders, as
+    POST /orders. It also serves as the ingress benchmark's baseline: the same token check, the
+    same body, the same validation, the same kind of response, and no Kafka.
     """
+    if not principal_of(request).acts_for(order.customer_id):
+        raise OtherCustomerError
     validated = ValidatedOrder(
         customer_id=order.customer_id,
         total=contract.order_total(order.items),
@@ -196,11 +213,18 @@ OrderIdPath = Annotated[uuid.UUID, Path(json_schema_extra={"pattern": f"^{ORDER_
     "/orders/{order_id:order_id}",
     response_model=StoredOrder,
     # 422 never comes (the router only routes a well-formed id), but FastAPI would list its own.
-    responses=problem_responses(404, 422, 503),
+    responses=problem_responses(401, 403, 404, 422, 429, 503),
+    openapi_extra=bearer(READ),
 )
-async def get_order(order_id: OrderIdPath, connection: ConnectionDep) -> StoredOrder:
-    """The order as the worker stored it; 404 until a worker has processed it."""
+async def get_order(
+    order_id: OrderIdPath, connection: ConnectionDep, principal: PrincipalDep
+) -> StoredOrder:
+    """The order as the worker stored it; 404 until a worker has processed it.
+
+    Needs `orders:read`. Another customer's order is 404 to a customer's token, exactly as an
+    unknown id: a 403 would tell that the id exists (OWASP API1, object-level authorization).
+    """
     row = await queries.find_order(connection, order_id)
-    if row is None:
+    if row is None or not principal.acts_for(row["customer_id"]):
         raise HTTPException(404, "Order not found (unknown, or not processed yet)")
     return StoredOrder(**row, partition=row["kafka_partition"], offset=row["kafka_offset"])

@@ -10,7 +10,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from app.api.rate_limit import RateLimitedError
 from app.api.schemas import Problem
+from app.auth.errors import (
+    AccessRefusedError,
+    InsufficientScopeError,
+    KeysUnavailableError,
+    MissingTokenError,
+    TokenRefusedError,
+)
 from app.errors import (
     BrokerUnavailableError,
     DatabaseUnavailableError,
@@ -46,12 +54,19 @@ def problem_responses(
     """OpenAPI entries for the problem responses a route can give."""
     described = {
         400: "The body is not JSON, or not UTF-8",
-        404: "Unknown, or accepted but not processed yet",
+        401: "No bearer token, or one that is not valid here (expired, another audience or "
+        "issuer, an unknown key, not an access token); WWW-Authenticate says which (RFC 6750)",
+        403: "The token lacks the scope this operation needs (WWW-Authenticate: "
+        'error="insufficient_scope"), or acts for another customer',
+        404: "Unknown, or accepted but not processed yet; to a customer's token, also another "
+        "customer's order (never told apart from an unknown one)",
         409: "A request with this Idempotency-Key is still being answered; retry after "
         "Retry-After seconds",
         413: "Body larger than API_MAX_BODY_BYTES",
         415: "Content-Type is not application/json",
         422: "The body or a parameter is invalid; `errors` lists each field",
+        429: "Rate limit reached (per client, per API process); retry after Retry-After "
+        "seconds. RateLimit-Policy and RateLimit tell the quota",
         503: "Not accepted: a dependency did not answer in time. Retry after Retry-After seconds, "
         "with the same Idempotency-Key",
     }
@@ -67,6 +82,33 @@ def problem_responses(
         }
         for status in statuses
     }
+
+
+REALM = "orders"
+
+
+def bearer_challenge(error: str | None = None, description: str = "", scope: str = "") -> str:
+    """A `WWW-Authenticate: Bearer` value (RFC 6750 section 3). The texts are the app's own
+    (app/auth/errors.py), never a client's: nothing here needs quoting."""
+    challenge = f'Bearer realm="{REALM}"'
+    if error is not None:
+        challenge += f', error="{error}", error_description="{description}"'
+    if scope:
+        challenge += f', scope="{scope}"'
+    return challenge
+
+
+def _refusal(exc: AccessRefusedError) -> JSONResponse:
+    if isinstance(exc, MissingTokenError):
+        challenge = {"WWW-Authenticate": bearer_challenge()}
+        return problem(401, "Authentication required", str(exc), headers=challenge)
+    if isinstance(exc, TokenRefusedError):
+        challenge = {"WWW-Authenticate": bearer_challenge("invalid_token", str(exc))}
+        return problem(401, "Invalid token", str(exc), headers=challenge)
+    if isinstance(exc, InsufficientScopeError):
+        value = bearer_challenge("insufficient_scope", str(exc), exc.scope)
+        return problem(403, "Insufficient scope", str(exc), headers={"WWW-Authenticate": value})
+    return problem(403, "Forbidden", str(exc))
 
 
 def install_problem_handlers(app: FastAPI, retry_after_s: int) -> None:
@@ -110,9 +152,24 @@ def install_problem_handlers(app: FastAPI, retry_after_s: int) -> None:
         ]
         return problem(422, "Idempotency-Key already used", str(exc), errors=errors)
 
+    async def on_rate_limited(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RateLimitedError)
+        return problem(429, "Too many requests", str(exc), headers=exc.headers)
+
+    async def on_access_refused(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, AccessRefusedError)
+        return _refusal(exc)
+
+    async def on_keys_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        detail = f"{exc}: tokens cannot be checked now"
+        return problem(503, "Token keys unavailable", detail, headers=retry_after)
+
+    app.add_exception_handler(AccessRefusedError, on_access_refused)
+    app.add_exception_handler(KeysUnavailableError, on_keys_unavailable)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
     app.add_exception_handler(BrokerUnavailableError, on_broker_unavailable)
     app.add_exception_handler(DatabaseUnavailableError, on_database_unavailable)
     app.add_exception_handler(IdempotencyKeyInFlightError, on_key_in_flight)
     app.add_exception_handler(IdempotencyKeyReusedError, on_key_reused)
+    app.add_exception_handler(RateLimitedError, on_rate_limited)

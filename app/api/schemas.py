@@ -76,5 +76,6 @@ class Problem(BaseModel):
 
 
 class Health(BaseModel):
+    """A probe's answer: the status only (the probes are open to anyone)."""
+
     status: Literal["ok", "unavailable"]
-    checks: dict[str, bool] = Field(default_factory=dict)

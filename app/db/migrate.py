@@ -1,4 +1,8 @@
-"""Apply the Alembic migrations in `migrations/` to the configured database."""
+"""Apply the Alembic migrations in `migrations/` to the configured database.
+
+Migrations connect as the schema's owner (DATABASE_MIGRATION_URL, else DATABASE_URL) and grant
+the application's role (DATABASE_APP_ROLE, else DATABASE_URL's user) only the DML it needs.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +20,16 @@ def alembic_config(settings: DatabaseSettings) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     # Alembic's config is ConfigParser-based: a literal % in a password must be doubled.
-    config.set_main_option("sqlalchemy.url", str(settings.url).replace("%", "%%"))
+    config.set_main_option("sqlalchemy.url", str(settings.owner_url).replace("%", "%%"))
+    config.attributes["app_role"] = settings.granted_role
     return config
 
 
-def upgrade_database(settings: DatabaseSettings) -> None:
-    """Bring the schema to the newest revision (idempotent). Runs its own event loop."""
-    command.upgrade(alembic_config(settings), "head")
+def upgrade_database(settings: DatabaseSettings, revision: str = "head") -> None:
+    """Bring the schema to `revision` (idempotent). Runs its own event loop."""
+    command.upgrade(alembic_config(settings), revision)
+
+
+def downgrade_database(settings: DatabaseSettings, revision: str) -> None:
+    """Take the schema back to `revision`. Runs its own event loop."""
+    command.downgrade(alembic_config(settings), revision)

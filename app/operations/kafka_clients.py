@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from app.errors import OrdersError
+from app.kafka_security import kafka_client_security
 from app.settings import KafkaSettings
 
 T = TypeVar("T")
@@ -49,6 +50,7 @@ async def admin_client(settings: KafkaSettings) -> AsyncIterator[AIOKafkaAdminCl
         bootstrap_servers=settings.bootstrap_servers,
         client_id=f"{settings.client_id}-ops",
         request_timeout_ms=settings.request_timeout_ms,
+        **kafka_client_security(settings),
     )
     try:
         await bounded(settings, "connecting", admin.start())
@@ -70,6 +72,7 @@ async def offsets_consumer(
         auto_offset_reset=auto_offset_reset,
         client_id=f"{settings.client_id}-ops",
         request_timeout_ms=settings.request_timeout_ms,
+        **kafka_client_security(settings),
     )
     try:
         await bounded(settings, "connecting", consumer.start())

@@ -35,6 +35,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.positions import read_positions
+from app.kafka_security import kafka_client_security
 from app.settings import Settings
 from app.worker import faults, records
 from app.worker.batch_writer import BatchOutcome, BatchWriter, Scope
@@ -116,6 +117,7 @@ class OrderWorker:
             rebalance_timeout_ms=worker.rebalance_timeout_ms,
             max_poll_records=worker.max_records,
             request_timeout_ms=kafka.request_timeout_ms,
+            **kafka_client_security(kafka),
         )
 
     # --- lifecycle -------------------------------------------------------------------------

@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
 """`make bench-ingress`: accepted orders/s (acks=all) against a validate-only baseline.
 
-One `orders api` process on loopback; wrk (Debian's package) drives, in the same run:
+One `orders api` process on loopback, authenticating every request (one service's bearer token,
+from `orders token`; no rate limit: one client floods on purpose); wrk (Debian's package)
+drives, in the same run:
 1. the baseline: POST /orders/validate, same bodies, same validation, nothing produced;
 2. POST /orders: produced with the idempotent acks=all producer, 202 after the broker's ack;
-   1 and 2 alternate for BENCH_ROUNDS rounds; each round gives one ratio, and the median
-   counts (this machine is shared: a neighbour's burst moves one 10 s run by 10% and more);
-3. POST /orders again at half the accepted rate (paced connections), for its p99 latency.
+3. POST /orders to a second `orders api` with AUTH_ENABLED=false, for what authentication
+   costs: `auth_added_us_per_order` is the API CPU per accepted order, on minus off;
+   1, 2 and 3 alternate for BENCH_ROUNDS rounds; each round gives one ratio (and one
+   difference), and the median counts (this machine is shared: a neighbour's burst moves one
+   10 s run by 10% and more);
+4. POST /orders again at half the accepted rate (paced connections), for its p99 latency.
+In-process, it also times the verifier alone: a token seen before, and a new one (ES256).
 Targets (issue 3): accepted/s >= 70% of the baseline's requests/s; p99 < 50 ms at half rate.
 With BENCH_KEYED=1, then: POST /orders without and with a new Idempotency-Key each, alternating
 for BENCH_ROUNDS rounds, for the CPU a key costs per request (the API's, and PostgreSQL's).
@@ -30,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from app.auth import local_token
+from app.settings import AuthSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 LUA = ROOT / "scripts" / "bench" / "orders.lua"
@@ -55,7 +64,12 @@ def postgres_cpu(database: str) -> dict[int, float]:
 
 
 def wrk(
-    api: psutil.Process, path: str, connections: int, pace_ms: int = 0, keyed: bool = False
+    api: psutil.Process,
+    path: str,
+    connections: int,
+    pace_ms: int = 0,
+    keyed: bool = False,
+    port: int = PORT,
 ) -> dict[str, float]:
     env = {**os.environ, "WRK_RATE_PER_CONNECTION_MS": str(pace_ms)}
     if keyed:
@@ -72,7 +86,7 @@ def wrk(
             "10s",
             "-s",
             str(LUA),
-            f"http://127.0.0.1:{PORT}{path}",
+            f"http://127.0.0.1:{port}{path}",
         ],
         capture_output=True,
         text=True,
@@ -101,11 +115,11 @@ def wrk(
     }
 
 
-def wait_ready(timeout: float = 30) -> None:
+def wait_ready(port: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/readyz", timeout=2) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
@@ -138,43 +152,130 @@ def keyed_summary(rounds: list[tuple[dict[str, float], dict[str, float]]]) -> di
     return summary
 
 
+def verifier_costs(auth: AuthSettings) -> dict[str, float]:
+    """Microseconds, in-process: verifying a new token (ES256), and all that a request with a
+    known token pays (header, cached verification, scope, a rate-limit bucket, kept principal)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from app.api.authn import Authenticator
+    from app.api.rate_limit import RateLimiter
+
+    async def measure() -> dict[str, float]:
+        authenticator = Authenticator.from_settings(auth)
+        await authenticator.start()
+        assert authenticator.verifier is not None
+        fresh = [local_token(auth, f"bench-{n}") for n in range(300)]
+        started = time.perf_counter()
+        for token in fresh:
+            await authenticator.verifier.principal(token)
+        new_token = (time.perf_counter() - started) / len(fresh)
+        app = SimpleNamespace(state=SimpleNamespace(rate_limiter=RateLimiter(1e9, 10**9)))
+        scopes = [
+            {
+                "type": "http",
+                "app": app,
+                "headers": [(b"host", b"bench"), (b"authorization", b"Bearer " + token.encode())],
+            }
+            for token in fresh
+        ]
+        rounds = 100
+        started = time.perf_counter()
+        for _ in range(rounds):
+            for scope in scopes:
+                await authenticator.authenticate(Request(scope), "orders:write")
+        with_auth = time.perf_counter() - started
+        started = time.perf_counter()
+        for _ in range(rounds):
+            for scope in scopes:
+                Request(scope)
+        without = time.perf_counter() - started
+        return {
+            "auth_verify_us_new_token": round(new_token * 1e6, 1),
+            "auth_us_per_request_known_token": round(
+                (with_auth - without) / (rounds * len(scopes)) * 1e6, 2
+            ),
+        }
+
+    return asyncio.run(measure())
+
+
+def start_api(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [ORDERS, "api", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def main() -> int:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: `make deps` installs it")
-    with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", PORT)) == 0:
-            raise SystemExit(f"port {PORT} is taken (set BENCH_PORT)")
+    for port in (PORT, PORT + 1):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                raise SystemExit(f"port {port} is taken (set BENCH_PORT; it uses the next too)")
     topic = f"bench-ingress-{uuid.uuid4().hex[:6]}"
+    auth = AuthSettings()
     env = {
         **os.environ,
         "KAFKA_ORDERS_TOPIC": topic,
         "KAFKA_DLQ_TOPIC": f"{topic}.DLQ",
         "LOG_LEVEL": "WARNING",
+        # One client sends everything: a per-client rate limit would measure itself.
+        "API_RATE_LIMIT_PER_S": "0",
+        "AUTH_ENABLED": "true",
+        "AUTH_LOCAL_KEY_FILE": str(auth.local_key_file.resolve()),
     }
     subprocess.run([ORDERS, "migrate"], env=env, check=True, capture_output=True)
-    api = subprocess.Popen(
-        [ORDERS, "api", "--port", str(PORT)],
+    # One service's token (both scopes), minted before the API starts: the same local key.
+    token = subprocess.run(
+        [
+            ORDERS,
+            "token",
+            "--subject",
+            "bench",
+            "--scope",
+            "orders:write",
+            "--scope",
+            "orders:read",
+            "--ttl",
+            "86400",
+        ],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    measured = psutil.Process(api.pid)
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    os.environ["WRK_AUTHORIZATION"] = f"Bearer {token}"
+    api = start_api(env, PORT)
+    api_off = start_api({**env, "AUTH_ENABLED": "false"}, PORT + 1)
+    measured, measured_off = psutil.Process(api.pid), psutil.Process(api_off.pid)
     try:
-        wait_ready()
-        wrk(measured, "/orders/validate", CONNECTIONS)  # warm up both paths
+        wait_ready(PORT)
+        wait_ready(PORT + 1)
+        wrk(measured, "/orders/validate", CONNECTIONS)  # warm up every path
         wrk(measured, "/orders", CONNECTIONS)
+        wrk(measured_off, "/orders", CONNECTIONS, port=PORT + 1)
         rounds = []
         for number in range(ROUNDS):
-            # Alternate which goes first, so a drift in the machine's speed favours neither.
-            if number % 2 == 0:
-                baseline = wrk(measured, "/orders/validate", CONNECTIONS)
-                accepted = wrk(measured, "/orders", CONNECTIONS)
-            else:
-                accepted = wrk(measured, "/orders", CONNECTIONS)
-                baseline = wrk(measured, "/orders/validate", CONNECTIONS)
-            rounds.append((accepted["ok_per_s"] / baseline["ok_per_s"], baseline, accepted))
+            # Rotate which goes first, so a drift in the machine's speed favours none.
+            runs = {
+                "baseline": lambda: wrk(measured, "/orders/validate", CONNECTIONS),
+                "accepted": lambda: wrk(measured, "/orders", CONNECTIONS),
+                "off": lambda: wrk(measured_off, "/orders", CONNECTIONS, port=PORT + 1),
+            }
+            order = list(runs)[number % 3 :] + list(runs)[: number % 3]
+            done = {name: runs[name]() for name in order}
+            baseline, accepted, off = done["baseline"], done["accepted"], done["off"]
+            ratio = accepted["ok_per_s"] / baseline["ok_per_s"]
+            rounds.append((ratio, baseline, accepted, off))
+        auth_added = [round(r[2]["api_cpu_us"] - r[3]["api_cpu_us"], 1) for r in rounds]
         # The median round (the lower one for an even count): its own numbers are reported.
-        ratio, baseline, accepted = sorted(rounds, key=lambda r: r[0])[(len(rounds) - 1) // 2]
+        ratio, baseline, accepted, off = sorted(rounds, key=lambda r: r[0])[(len(rounds) - 1) // 2]
         half_rate = accepted["ok_per_s"] / 2
         connections = 16
         # wrk's delay() waits after each response, so a connection's period is the pause plus
@@ -187,9 +288,11 @@ def main() -> int:
             paced = wrk(measured, "/orders", connections, pace_ms)
         keyed_rounds = [keyed_round(measured, number) for number in range(ROUNDS if KEYED else 0)]
     finally:
-        api.terminate()
-        api.wait(30)
-    failures = sum(r[2]["failed"] for r in rounds) + paced["failed"]
+        for process in (api, api_off):
+            process.terminate()
+        for process in (api, api_off):
+            process.wait(30)
+    failures = sum(r[2]["failed"] + r[3]["failed"] for r in rounds) + paced["failed"]
     result = {
         "baseline_validate_req_per_s": baseline["ok_per_s"],
         "accepted_orders_per_s": accepted["ok_per_s"],
@@ -203,6 +306,10 @@ def main() -> int:
         "full_load_p99_ms": accepted["p99_ms"],
         "api_cpu_us_per_validate": baseline["api_cpu_us"],
         "api_cpu_us_per_accepted": accepted["api_cpu_us"],
+        "api_cpu_us_per_accepted_auth_off": off["api_cpu_us"],
+        "auth_added_us_per_order": sorted(auth_added)[(len(auth_added) - 1) // 2],
+        "auth_added_us_per_round": auth_added,
+        **verifier_costs(auth),
         "topic": topic,
     }
     if keyed_rounds:

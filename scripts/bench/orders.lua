@@ -2,13 +2,18 @@
 -- Optional: WRK_RATE_PER_CONNECTION_MS paces each connection (one request per that many ms),
 -- which turns wrk's closed loop into a roughly fixed request rate for the latency run.
 -- Optional: WRK_IDEMPOTENCY_KEY_PREFIX sends a new Idempotency-Key with each request.
+-- Optional: WRK_AUTHORIZATION is sent as the Authorization header (e.g. "Bearer <token>").
 local customers = 1000
 local counter = 0
 local pace_ms = tonumber(os.getenv("WRK_RATE_PER_CONNECTION_MS") or "0")
 local key_prefix = os.getenv("WRK_IDEMPOTENCY_KEY_PREFIX") or ""
+local authorization = os.getenv("WRK_AUTHORIZATION") or ""
 
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+if authorization ~= "" then
+  wrk.headers["Authorization"] = authorization
+end
 
 function request()
   counter = counter + 1
@@ -20,6 +25,9 @@ function request()
   if key_prefix ~= "" then
     headers = {["Content-Type"] = "application/json",
                ["Idempotency-Key"] = key_prefix .. "-" .. counter}
+    if authorization ~= "" then
+      headers["Authorization"] = authorization
+    end
   end
   return wrk.format(nil, nil, headers, body)
 end

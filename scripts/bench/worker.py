@@ -91,16 +91,21 @@ async def fill_topic(bootstrap: str, topic: str, run: str) -> float:
     return time.perf_counter() - started
 
 
-async def prepare_database(url: str) -> str:
-    """A fresh `orders_bench` database on the configured server, migrated."""
-    admin = await asyncpg.connect(plain(url).rsplit("/", 1)[0] + "/postgres")
+async def prepare_database(url: str, owner_url: str) -> str:
+    """A fresh `orders_bench` database on the configured server, created and migrated by the
+    schema's owner; returns the application role's URL of it."""
+    admin = await asyncpg.connect(plain(owner_url).rsplit("/", 1)[0] + "/postgres")
     try:
         await admin.execute("DROP DATABASE IF EXISTS orders_bench WITH (FORCE)")
         await admin.execute("CREATE DATABASE orders_bench")
     finally:
         await admin.close()
     bench_url = url.rsplit("/", 1)[0] + "/orders_bench"
-    await asyncio.to_thread(upgrade_database, DatabaseSettings(url=bench_url))  # type: ignore[arg-type]
+    migration_url = owner_url.rsplit("/", 1)[0] + "/orders_bench"
+    await asyncio.to_thread(
+        upgrade_database,
+        DatabaseSettings(url=bench_url, migration_url=migration_url),  # type: ignore[arg-type]
+    )
     return bench_url
 
 
@@ -234,7 +239,7 @@ async def main() -> int:
     topic, group = f"bench-worker-{run}", f"bench-workers-{run}"
     kafka = settings.kafka.model_copy(update={"orders_topic": topic, "dlq_topic": f"{topic}.DLQ"})
     await ensure_topics(kafka)
-    url = await prepare_database(str(settings.database.url))
+    url = await prepare_database(str(settings.database.url), str(settings.database.owner_url))
     fill_s = await fill_topic(kafka.bootstrap_servers, topic, run)
     env = {
         **os.environ,

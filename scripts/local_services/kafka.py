@@ -1,7 +1,13 @@
-"""Apache Kafka in KRaft combined mode: the broker's jars from Maven Central, one JVM per node."""
+"""Apache Kafka in KRaft combined mode: the broker's jars from Maven Central, one JVM per node.
+
+In PLAINTEXT (the default) or secured (`sasl_ssl`: TLS, SCRAM users, ACLs; see kafka_security).
+Each mode keeps its cluster in a folder of its own (`cluster-1`, `cluster-1-sasl_ssl`), so
+switching never starts one mode's configuration on the other's storage.
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -9,6 +15,14 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from .kafka_security import (
+    SECURITY_MODES,
+    AclScope,
+    SecuredBroker,
+    SecuredLayout,
+    prepare_secured,
+    write_private,
+)
 from .processes import (
     ROOT,
     STATE,
@@ -25,6 +39,9 @@ from .processes import (
 KAFKA_POM = ROOT / "scripts" / "kafka" / "pom.xml"
 KAFKA_LOG4J = ROOT / "scripts" / "kafka" / "log4j2.properties"
 KAFKA_HEAP = os.environ.get("KAFKA_HEAP_OPTS", "-Xms256m -Xmx512m")
+# Kafka's command-line tools live for seconds: the quick JIT and the serial GC start them with
+# about a third less CPU (they run many times at start-up, on machines with few cores).
+TOOL_JVM = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
 
 
 def java() -> str:
@@ -75,21 +92,34 @@ def kafka_ports(node: int, base: int) -> tuple[int, int]:
     return broker, broker + 1
 
 
-def kafka_properties(node: int, brokers: int, base: int, data: Path) -> str:
+def plaintext_listeners(broker_port: int, controller_port: int) -> list[str]:
+    return [
+        f"listeners=PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+    ]
+
+
+def kafka_properties(
+    node: int, brokers: int, base: int, data: Path, secured: SecuredBroker | None = None
+) -> str:
     broker_port, controller_port = kafka_ports(node, base)
     voters = ",".join(f"{n}@127.0.0.1:{kafka_ports(n, base)[1]}" for n in range(1, brokers + 1))
     replication = min(brokers, 3)
     min_isr = 2 if brokers >= 3 else 1
+    listeners = (
+        secured.listener_properties(broker_port, controller_port)
+        if secured
+        else plaintext_listeners(broker_port, controller_port)
+    )
     return "\n".join(
         [
             "process.roles=broker,controller",
             f"node.id={node}",
             f"controller.quorum.voters={voters}",
-            f"listeners=PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            *listeners,
             f"log.dirs={data}",
             # The project creates its own topics (app/topics.py); a typo must not invent a topic.
             "auto.create.topics.enable=false",
@@ -112,12 +142,47 @@ def kafka_node_home(cluster: Path, node: int) -> Path:
     return cluster / f"node-{node}"
 
 
-def kafka_up(brokers: int, base: int, cluster: Path | None = None) -> str:
-    """Start (or find running) a KRaft cluster of `brokers` combined nodes; wait until ready."""
-    cluster = cluster or STATE / "kafka" / f"cluster-{brokers}"
+def kafka_cluster(brokers: int, security: str) -> Path:
+    """Where `make up` keeps a cluster of this size and security mode."""
+    suffix = "" if security == "plaintext" else f"-{security}"
+    return STATE / "kafka" / f"cluster-{brokers}{suffix}"
+
+
+def kafka_up(
+    brokers: int,
+    base: int,
+    cluster: Path | None = None,
+    security: str = "plaintext",
+    acl_scope: AclScope | None = None,
+) -> str:
+    """Start (or find running) a KRaft cluster of `brokers` combined nodes; wait until ready.
+
+    Secured (`security="sasl_ssl"`), the TLS material and the credentials live beside the
+    cluster's folder (`tls/`, `credentials/`; see kafka_security), and the ACLs are granted on
+    `acl_scope` (default: the settings' names from the environment).
+    """
+    if security not in SECURITY_MODES:
+        raise ServiceError(
+            f"KAFKA_SECURITY={security}: expected one of {', '.join(SECURITY_MODES)}"
+        )
+    cluster = cluster or kafka_cluster(brokers, security)
     bootstrap = ",".join(f"127.0.0.1:{kafka_ports(n, base)[0]}" for n in range(1, brokers + 1))
     java_bin = java()
     classpath = kafka_classpath()
+    _hold_to_mode(cluster, security)
+    for node in range(1, brokers + 1):
+        if not pid_alive(kafka_node_home(cluster, node) / "broker.pid"):
+            for port, owner in zip(kafka_ports(node, base), ("node", "controller"), strict=True):
+                if reachable("127.0.0.1", port):
+                    _name_the_other_cluster(cluster, port)
+                require_port_free(port, f"Kafka {owner} {node}")
+    secured = None
+    if security == "sasl_ssl":
+        formatted = (kafka_node_home(cluster, 1) / "data" / "meta.properties").exists()
+        secured = prepare_secured(SecuredLayout(cluster.parent), formatted)
+        # Before formatting: new passwords must be on disk before they are in the metadata.
+        secured.write_credentials(bootstrap)
+    command_config = secured.layout.admin_properties if secured else None
     cluster_file = cluster / "cluster.id"
     if not cluster_file.exists():
         cluster_file.parent.mkdir(parents=True, exist_ok=True)
@@ -129,17 +194,17 @@ def kafka_up(brokers: int, base: int, cluster: Path | None = None) -> str:
         pid_file = home / "broker.pid"
         if pid_alive(pid_file):
             continue
-        broker_port, controller_port = kafka_ports(node, base)
-        require_port_free(broker_port, f"Kafka node {node}")
-        require_port_free(controller_port, f"Kafka controller {node}")
+        broker_port, _ = kafka_ports(node, base)
         home.mkdir(parents=True, exist_ok=True)
         config = home / "server.properties"
-        config.write_text(kafka_properties(node, brokers, base, data))
+        # Secured, it holds the keystore's and the inter-broker user's passwords.
+        write_private(config, kafka_properties(node, brokers, base, data, secured))
         if not (data / "meta.properties").exists():
             say(f"formatting storage of Kafka node {node}")
-            subprocess.run(
+            formatting = subprocess.run(
                 [
                     java_bin,
+                    *TOOL_JVM,
                     "-cp",
                     classpath,
                     "kafka.tools.StorageTool",
@@ -149,10 +214,14 @@ def kafka_up(brokers: int, base: int, cluster: Path | None = None) -> str:
                     "-c",
                     str(config),
                     "--ignore-formatted",
+                    *(secured.format_arguments() if secured else []),
                 ],
-                check=True,
+                check=False,
                 stdout=subprocess.DEVNULL,
             )
+            if formatting.returncode != 0:
+                # Not CalledProcessError: its message would print the command, passwords included.
+                raise ServiceError(f"formatting the storage of Kafka node {node} failed")
         log = home / "broker.log"
         with log.open("ab") as out:
             process = subprocess.Popen(
@@ -178,27 +247,69 @@ def kafka_up(brokers: int, base: int, cluster: Path | None = None) -> str:
         broker_port, _ = kafka_ports(node, base)
         log = kafka_node_home(cluster, node) / "broker.log"
         wait_until(
-            lambda p=broker_port: kafka_answers(java_bin, classpath, p),
+            functools.partial(kafka_answers, java_bin, classpath, broker_port, command_config),
             f"Kafka node {node}",
             120,
             log,
         )
-    say(f"Kafka ready at {bootstrap}")
+    if secured:
+        secured.apply_acls(
+            cluster,
+            bootstrap,
+            [java_bin, *TOOL_JVM, "-cp", classpath],
+            acl_scope or AclScope.from_environment(),
+        )
+        say(f"Kafka ready at {bootstrap} (SASL_SSL, SCRAM-SHA-512, ACLs)")
+        say(f"credentials: {secured.layout.credentials}/<principal>.env (set -a; . that file)")
+    else:
+        say(f"Kafka ready at {bootstrap}")
     return bootstrap
 
 
-def kafka_answers(java_bin: str, classpath: str, port: int) -> bool:
-    """True once the broker answers a metadata request (kafka-topics --list does one)."""
+def cluster_mode(cluster: Path) -> str:
+    """The security mode a cluster's folder was created for (older folders: plaintext)."""
+    stamp = cluster / "security"
+    return stamp.read_text().strip() if stamp.exists() else "plaintext"
+
+
+def _hold_to_mode(cluster: Path, security: str) -> None:
+    """A cluster's folder serves the security mode it was created for, and no other."""
+    if cluster.exists() and any(cluster.iterdir()) and cluster_mode(cluster) != security:
+        raise ServiceError(
+            f"{cluster} holds a {cluster_mode(cluster)} cluster, not {security}: use another folder"
+        )
+    cluster.mkdir(parents=True, exist_ok=True)
+    (cluster / "security").write_text(security)
+
+
+def _name_the_other_cluster(cluster: Path, port: int) -> None:
+    """A port taken by our own cluster of another mode: say which, and how to switch."""
+    for pid_file in sorted(cluster.parent.glob("*/node-*/broker.pid")):
+        other = pid_file.parent.parent
+        if other != cluster and pid_alive(pid_file):
+            raise ServiceError(
+                f"port {port} is taken by the {cluster_mode(other)} Kafka cluster in {other}; "
+                "stop it first (make down), then start this one"
+            )
+
+
+def kafka_answers(
+    java_bin: str, classpath: str, port: int, command_config: Path | None = None
+) -> bool:
+    """True once the broker answers a metadata request (kafka-topics --list does one);
+    `command_config` is the client config of a secured broker's super user."""
     if not reachable("127.0.0.1", port):
         return False
     result = subprocess.run(
         [
             java_bin,
+            *TOOL_JVM,
             "-cp",
             classpath,
             "org.apache.kafka.tools.TopicCommand",
             "--bootstrap-server",
             f"127.0.0.1:{port}",
+            *(["--command-config", str(command_config)] if command_config else []),
             "--list",
         ],
         capture_output=True,

@@ -1,5 +1,6 @@
 """The whole stack as real processes, as `make run` starts it: `orders api` on a free loopback port
-and N `orders worker`s of one group, each with the settings of one test."""
+and N `orders worker`s of one group, each with the settings of one test. The API verifies tokens
+with the settings' local key (AUTH_* passed on), so `client()` is an authenticated client."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from app.settings import Settings
+from tests.integration.api_client import bearer, token_for
 from tests.integration.processes import OrdersProcess
 
 ASSIGNED = re.compile(r"partitions assigned: \[([0-9, ]*)\]")
@@ -35,7 +38,12 @@ class LiveStack:
     base_url: str
     api: OrdersProcess
     workers: list[OrdersProcess]
+    token: str  # a service's, with both scopes
     exit_codes: list[int] = field(default_factory=list)
+
+    def client(self, **options: Any) -> httpx.AsyncClient:
+        """An HTTP client of the API, sending the service's bearer token."""
+        return httpx.AsyncClient(base_url=self.base_url, headers=bearer(self.token), **options)
 
     def assignments(self) -> list[set[int]]:
         """Each worker's partitions, as its last `partitions assigned` line says."""
@@ -101,7 +109,7 @@ async def live_stack(
     port = free_port()
     api = OrdersProcess("api", settings, log_dir, API_HOST="127.0.0.1", API_PORT=str(port))
     group = [OrdersProcess("worker", settings, log_dir) for _ in range(workers)]
-    stack = LiveStack(f"http://127.0.0.1:{port}", api, group)
+    stack = LiveStack(f"http://127.0.0.1:{port}", api, group, token_for(settings))
     try:
         await _until_ready(stack, settings.kafka.partitions, timeout)
         yield stack

@@ -19,17 +19,19 @@ ORDERS = str(Path(sys.executable).with_name("orders"))
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment variables that reproduce `settings` in a child process."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(_PREFIXES)}
-    for group in (settings.kafka, settings.database, settings.api, settings.worker):
+    groups = (settings.kafka, settings.database, settings.api, settings.worker, settings.auth)
+    for group in groups:
         assert isinstance(group, BaseSettings)
         prefix = str(group.model_config.get("env_prefix", ""))
         for name, value in group.model_dump(mode="json").items():
-            env[f"{prefix}{name}".upper()] = str(value)
+            if value is not None:  # unset (AUTH_JWKS_URL...): absent, not the text "None"
+                env[f"{prefix}{name}".upper()] = str(value)
     env["LOG_LEVEL"] = settings.log_level
     env.update(extra)
     return env
 
 
-_PREFIXES = ("KAFKA_", "DATABASE_", "API_", "WORKER_", "ORDERS_FAULT")
+_PREFIXES = ("KAFKA_", "DATABASE_", "API_", "WORKER_", "AUTH_", "ORDERS_FAULT")
 
 
 class OrdersProcess:

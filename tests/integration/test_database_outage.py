@@ -25,7 +25,7 @@ async def test_a_database_outage_pauses_progress_and_everything_catches_up(
 ) -> None:
     with throwaway_postgres() as database:
         settings = make_settings(endpoints, database.url, retry_backoff_max_s=1.0)
-        await asyncio.to_thread(upgrade_database, settings.database)
+        await asyncio.to_thread(upgrade_database, database.settings)
         await ensure_topics(settings.kafka)
         engine = create_engine(DatabaseSettings(url=database.url))  # type: ignore[arg-type]
         worker = OrdersProcess("worker", settings, tmp_path)

@@ -467,7 +467,7 @@ async def test_postgres_down_for_30s_under_load(
 ) -> None:
     with throwaway_postgres(port=55433) as database:
         settings = make_settings(endpoints, database.url, retry_backoff_max_s=2.0, **FAST_GROUP)
-        await asyncio.to_thread(upgrade_database, settings.database)
+        await asyncio.to_thread(upgrade_database, database.settings)
         await ensure_topics(settings.kafka)
         engine = create_engine(DatabaseSettings(url=database.url))  # type: ignore[arg-type]
         pool = pools(settings)

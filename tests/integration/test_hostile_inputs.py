@@ -254,7 +254,7 @@ async def hostile_run(
     ordinary = ordinary_customers(run_id, settings.kafka.partitions)
     async with (
         live_stack(settings, log_dir) as stack,
-        httpx.AsyncClient(base_url=stack.base_url, timeout=30.0) as client,
+        stack.client(timeout=30.0) as client,
     ):
         async with watching_for_stalls(engine, settings, STALL_LIMIT_S) as watch:
             async with ordinary_traffic(client, book, ordinary):

@@ -16,12 +16,19 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import contract
-from app.api.idempotency_rules import fingerprint
+from app.api.idempotency_rules import client_scope, fingerprint
 from app.api.schemas import OrderRequest
 from app.db.tables import idempotency_keys
 from app.errors import BrokerUnavailableError, DatabaseUnavailableError
 from app.settings import DatabaseSettings, Settings
-from tests.integration.api_client import api_client, order_body, publisher_behind
+from tests.integration.api_client import (
+    api_client,
+    bearer,
+    order_body,
+    publisher_behind,
+    service_principal,
+    token_for,
+)
 from tests.integration.kafka_tools import read_topic
 from tests.integration.oracle import Expectations, check_ledger, wait_until_stored
 from tests.integration.worker_harness import worker_running
@@ -166,7 +173,7 @@ async def test_a_key_whose_api_process_died_is_produced_again_after_its_lease(
     body = order_body(customer, 1)
     order_id, now = contract.new_order_id(), datetime.now(UTC)
     abandoned = {  # as an API process leaves a key when it dies mid-request
-        "scope": customer,
+        "scope": client_scope(service_principal(settings)),
         "fingerprint": fingerprint(OrderRequest.model_validate(body)),
         "order_id": order_id,
         "state": "in_flight",
@@ -208,7 +215,7 @@ async def test_an_expired_key_is_a_new_key_and_is_purged(
                 count = await connection.scalar(
                     select(func.count())
                     .select_from(idempotency_keys)
-                    .where(idempotency_keys.c.scope == customer)
+                    .where(idempotency_keys.c.scope == client_scope(service_principal(settings)))
                 )
             return int(count or 0)
 
@@ -220,13 +227,16 @@ async def test_an_expired_key_is_a_new_key_and_is_purged(
     assert len(await records_on(settings)) == 2
 
 
-async def test_the_same_key_string_of_another_customer_is_another_key(
+async def test_the_same_key_string_of_another_client_is_another_key(
     settings: Settings, run_id: str
 ) -> None:
     key = keyed("k-1")
     async with api_client(settings) as client:
         mine = await client.post("/orders", json=order_body(f"{run_id}-a", 1), headers=key)
-        theirs = await client.post("/orders", json=order_body(f"{run_id}-b", 2), headers=key)
+        other_service = bearer(token_for(settings, subject=f"{run_id}-other-service"))
+        theirs = await client.post(
+            "/orders", json=order_body(f"{run_id}-b", 2), headers={**key, **other_service}
+        )
     assert mine.status_code == theirs.status_code == 202
     assert mine.json()["order_id"] != theirs.json()["order_id"]
     assert len(await records_on(settings)) == 2
@@ -236,7 +246,7 @@ async def test_without_postgresql_a_keyed_order_gets_503_and_an_unkeyed_one_stil
     settings: Settings, run_id: str
 ) -> None:
     closed_port = DatabaseSettings(
-        url="postgresql+asyncpg://orders:orders@127.0.0.1:9/orders",  # type: ignore[arg-type]
+        url="postgresql+asyncpg://orders_app:unused@127.0.0.1:9/orders",  # type: ignore[arg-type]
         connect_timeout_s=2.0,
     )
     unreachable = settings.model_copy(update={"database": closed_port})

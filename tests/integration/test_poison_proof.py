@@ -94,14 +94,14 @@ async def test_a_nul_in_a_record_is_dead_lettered_and_stalls_nothing(
 
 
 async def test_an_order_postgresql_refuses_is_isolated_and_the_rest_of_its_batch_stored(
-    settings: Settings, engine: AsyncEngine, run_id: str
+    settings: Settings, engine: AsyncEngine, owner_engine: AsyncEngine, run_id: str
 ) -> None:
     """A record that passes the contract but that PostgreSQL refuses for its data (here a CHECK
     constraint this test adds) is bisected out of its batch and dead-lettered with its SQLSTATE;
     the customer's other orders are stored, numbered in order, around it."""
     refused_price = "987654.3217"
     constraint = f"ck_test_refused_{run_id}"
-    async with engine.begin() as connection:
+    async with owner_engine.begin() as connection:
         await connection.execute(
             text(f"ALTER TABLE orders ADD CONSTRAINT {constraint} CHECK (total <> {refused_price})")
         )
@@ -124,7 +124,7 @@ async def test_an_order_postgresql_refuses_is_isolated_and_the_rest_of_its_batch
         report = await check_ledger(engine, expected)
         assert report.holds, report
     finally:
-        async with engine.begin() as connection:
+        async with owner_engine.begin() as connection:
             await connection.execute(text(f"ALTER TABLE orders DROP CONSTRAINT {constraint}"))
     [letter] = await read_topic(settings.kafka.bootstrap_servers, settings.kafka.dlq_topic)
     assert letter.value == refused.value
@@ -334,7 +334,7 @@ async def _skipped(engine: AsyncEngine, settings: Settings) -> list:  # type: ig
 
 
 async def test_a_dead_letter_replayed_twice_is_judged_by_its_first_journey(
-    settings: Settings, engine: AsyncEngine, run_id: str
+    settings: Settings, engine: AsyncEngine, owner_engine: AsyncEngine, run_id: str
 ) -> None:
     """Regression: a dead letter replayed a second time carried two `dlq.original.timestamp`
     headers, the last (its first replay's, after the deadline) won, and the order was skipped
@@ -342,7 +342,7 @@ async def test_a_dead_letter_replayed_twice_is_judged_by_its_first_journey(
     replay (after its deadline) is refused again; the second, after the fix, is stored."""
     refused_price = "876543.2109"
     constraint = f"ck_test_replay_{run_id}"
-    async with engine.begin() as connection:
+    async with owner_engine.begin() as connection:
         await connection.execute(
             text(f"ALTER TABLE orders ADD CONSTRAINT {constraint} CHECK (total <> {refused_price})")
         )
@@ -355,7 +355,7 @@ async def test_a_dead_letter_replayed_twice_is_judged_by_its_first_journey(
             await asyncio.sleep(2.5)  # the order's acceptance deadline has passed
             await replay_dead_letter(settings.kafka, 0)
             assert await eventually(lambda: worker.stats.dead_lettered == 2)
-            async with engine.begin() as connection:
+            async with owner_engine.begin() as connection:
                 await connection.execute(text(f"ALTER TABLE orders DROP CONSTRAINT {constraint}"))
             await replay_dead_letter(settings.kafka, 1)
             expected = Expectations()
@@ -363,7 +363,7 @@ async def test_a_dead_letter_replayed_twice_is_judged_by_its_first_journey(
             assert await wait_until_stored(engine, expected, timeout=30) == 1
             assert worker.stats.expired == 0
     finally:
-        async with engine.begin() as connection:
+        async with owner_engine.begin() as connection:
             await connection.execute(
                 text(f"ALTER TABLE orders DROP CONSTRAINT IF EXISTS {constraint}")
             )

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
+from app.settings import DatabaseSettings
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -32,13 +34,28 @@ def _services_module() -> ModuleType:
 
 
 class ThrowawayCluster:
-    """Real Kafka nodes (same jars as `make up`, KRaft combined mode) on their own ports."""
+    """Real Kafka nodes (same jars as `make up`, KRaft combined mode) on their own ports.
 
-    def __init__(self, home: Path, base_port: int, brokers: int = 1) -> None:
+    `security="sasl_ssl"` secures them as `KAFKA_SECURITY=sasl_ssl make up` does, with the ACLs
+    granted on the name prefixes `acl_prefixes` (orders topic, DLQ topic, group) rather than the
+    settings' names, so that each scenario can use fresh names; the credentials are then in
+    `credentials_file(principal)`.
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        base_port: int,
+        brokers: int = 1,
+        security: str = "plaintext",
+        acl_prefixes: tuple[str, str, str] | None = None,
+    ) -> None:
         self.services = _services_module()
         self.home = home
         self.base_port = base_port
         self.brokers = brokers
+        self.security = security
+        self.acl_prefixes = acl_prefixes
         self.bootstrap = ",".join(
             f"127.0.0.1:{self.services.kafka_ports(node, base_port)[0]}"
             for node in range(1, brokers + 1)
@@ -46,7 +63,16 @@ class ThrowawayCluster:
 
     def start(self) -> None:
         """Start every node that is not running, and wait until all of them answer."""
-        self.services.kafka_up(self.brokers, self.base_port, self.home)
+        scope = (
+            self.services.AclScope(*self.acl_prefixes, pattern="prefixed")
+            if self.acl_prefixes
+            else None
+        )
+        self.services.kafka_up(self.brokers, self.base_port, self.home, self.security, scope)
+
+    def credentials_file(self, principal: str) -> Path:
+        """A secured cluster's KAFKA_* variables for `principal` (written beside its folder)."""
+        return self.home.parent / "credentials" / f"{principal}.env"
 
     def _pid_file(self, node: int) -> Path:
         return Path(self.services.kafka_node_home(self.home, node)) / "broker.pid"
@@ -83,14 +109,24 @@ def throwaway_cluster(
 
 
 class ThrowawayPostgres:
+    """A server of its own, with the same roles as `make up`'s (random passwords): `url` is the
+    application's role, `migration_url` the schema owner's; `settings` has both."""
+
     def __init__(self, port: int) -> None:
         self.services = _services_module()
         self.port = port
         self.home = self.services.pg_state_root() / "test-postgres" / uuid.uuid4().hex[:8]
-        self.url = ""
+        self.passwords = self.services.RolePasswords.generate()
+        self.url = self.migration_url = ""
+
+    @property
+    def settings(self) -> DatabaseSettings:
+        return DatabaseSettings(url=self.url, migration_url=self.migration_url)  # type: ignore[arg-type]
 
     def start(self) -> None:
-        self.url = self.services.postgres_up(self.port, self.home)
+        """Start it (again): the same passwords every time."""
+        urls = self.services.postgres_up(self.port, self.home, self.passwords)
+        self.url, self.migration_url = urls.app, urls.owner
 
     def stop(self) -> None:
         """An immediate shutdown: connections drop as if the server had crashed."""

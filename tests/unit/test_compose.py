@@ -36,6 +36,16 @@ SINGLE = ("compose.yaml",)
 CLUSTER = ("compose.yaml", "compose.cluster.yaml")
 STACKS = pytest.mark.parametrize("stack", [SINGLE, CLUSTER], ids=["single", "cluster"])
 APP_SERVICES = ("migrate", "api", "worker")  # each runs the `orders` subcommand of its name
+# The PostgreSQL passwords compose requires, which .env.example leaves empty on purpose.
+DATABASE_PASSWORDS = ("POSTGRES_PASSWORD", "ORDERS_DB_OWNER_PASSWORD", "ORDERS_DB_APP_PASSWORD")
+# The Kafka users' passwords, likewise (tests/unit/test_compose_kafka_security.py).
+KAFKA_PASSWORDS = (
+    "KAFKA_ADMIN_PASSWORD",
+    "KAFKA_API_PASSWORD",
+    "KAFKA_WORKER_PASSWORD",
+    "KAFKA_OPERATOR_PASSWORD",
+)
+ROLES_SQL = ROOT / "docker" / "postgres-init" / "10-orders-roles.sql"
 POSTGRES_PORT = 5432  # the postgres image's default, unless PGPORT says otherwise
 
 
@@ -62,6 +72,12 @@ def merge(base: Any, override: Any) -> Any:
 def env_example() -> dict[str, str]:
     values = dotenv_values(ROOT / ".env.example")
     return {key: value or "" for key, value in values.items()}
+
+
+def documented_in_env_example() -> set[str]:
+    """The keys .env.example sets, and those it documents in a commented-out line."""
+    text = (ROOT / ".env.example").read_text()
+    return set(re.findall(r"^#? ?([A-Z][A-Z0-9_]*)=", text, flags=re.MULTILINE))
 
 
 _VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_]\w*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_]\w*)")
@@ -100,9 +116,21 @@ def stack_files(stack: tuple[str, ...]) -> dict[str, Any]:
     return merged
 
 
+def operator_env() -> dict[str, str]:
+    """.env.example as an operator completes it: each variable compose requires and
+    .env.example leaves empty (the passwords) filled in."""
+    text = (ROOT / "compose.yaml").read_text() + (ROOT / "compose.cluster.yaml").read_text()
+    required = set(re.findall(r"\$\{([A-Za-z_]\w*):\?", text))
+    return {
+        key: value or (f"filled-in-{key.lower()}" if key in required else value)
+        for key, value in env_example().items()
+    }
+
+
 def resolved(stack: tuple[str, ...]) -> dict[str, Any]:
-    """The stack as `docker compose up` sees it after `cp .env.example .env`."""
-    services: dict[str, Any] = interpolate(stack_files(stack), env_example())["services"]
+    """The stack as `docker compose up` sees it after `cp .env.example .env` and filling in
+    the passwords."""
+    services: dict[str, Any] = interpolate(stack_files(stack), operator_env())["services"]
     return services
 
 
@@ -119,7 +147,7 @@ def environment_of(service: dict[str, Any]) -> dict[str, str]:
 def container_env(service: dict[str, Any]) -> dict[str, str]:
     """What the app process sees: the env_file (.env, from .env.example), then `environment`."""
     assert service.get("env_file") in (".env", [".env"]), "the app reads the operator's .env"
-    return env_example() | environment_of(service)
+    return operator_env() | environment_of(service)
 
 
 def settings_variables() -> set[str]:
@@ -136,10 +164,12 @@ def settings_variables() -> set[str]:
 
 
 def brokers(services: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The Kafka nodes (the image's one-shot services, kafka-tls and kafka-acls, are not)."""
     return {
         name: environment_of(service)
         for name, service in services.items()
         if str(service.get("image", "")).startswith("apache/kafka:")
+        and "KAFKA_PROCESS_ROLES" in environment_of(service)
     }
 
 
@@ -200,8 +230,10 @@ def app_services(stack: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any]]]
 
 @pytest.fixture
 def no_local_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    """Neither a developer's .env nor the variables `make` exports from it reach the settings."""
+    """Neither a developer's .env, nor `make up`'s credentials, nor the variables `make` exports
+    from .env reach the settings."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ORDERS_STATE_DIR", str(tmp_path))
     for variable in settings_variables():
         monkeypatch.delenv(variable, raising=False)
     return monkeypatch
@@ -237,7 +269,11 @@ def test_the_settings_variables_are_derived_from_the_settings_classes() -> None:
 def test_compose_passes_the_app_only_real_settings(stack: tuple[str, ...]) -> None:
     valid = settings_variables()
     for name, service in app_services(stack):
-        unknown = set(environment_of(service)) - valid
+        environment = environment_of(service)
+        # Emptied here: a password of .env (the env_file) that this container must not hold.
+        emptied = {variable for variable, value in environment.items() if value == ""}
+        assert emptied <= {*DATABASE_PASSWORDS, *KAFKA_PASSWORDS}, f"{name}: {sorted(emptied)}"
+        unknown = set(environment) - valid - emptied
         assert not unknown, f"{name}: not settings of app.settings: {sorted(unknown)}"
 
 
@@ -250,7 +286,9 @@ def test_env_example_holds_settings_and_compose_variables_only() -> None:
 
 
 def test_env_example_documents_every_setting() -> None:
-    missing = settings_variables() - set(env_example())
+    """Set, or shown commented out where a value there would be wrong (DATABASE_URL: `make up`
+    writes it to the state folder, and a line in .env would override that)."""
+    missing = settings_variables() - documented_in_env_example()
     assert not missing, f"settings missing from .env.example: {sorted(missing)}"
 
 
@@ -274,11 +312,14 @@ def test_required_compose_variables_are_in_env_example() -> None:
             assert required in env_example(), f"{name} requires {required}; .env.example lacks it"
 
 
-def test_a_missing_database_password_fails_loudly() -> None:
-    variables = env_example()
-    del variables["POSTGRES_PASSWORD"]
-    with pytest.raises(KeyError, match="POSTGRES_PASSWORD"):
-        interpolate(load_yaml("compose.yaml"), variables)
+@pytest.mark.parametrize("password", DATABASE_PASSWORDS)
+def test_a_missing_database_password_fails_loudly(password: str) -> None:
+    assert env_example()[password] == "", f".env.example must not ship a {password}"
+    empty = {**operator_env(), password: ""}
+    absent = {key: value for key, value in operator_env().items() if key != password}
+    for variables in (empty, absent):
+        with pytest.raises(KeyError, match=password):
+            interpolate(load_yaml("compose.yaml"), variables)
 
 
 # --- compose: commands, addresses and ports ---
@@ -309,15 +350,23 @@ def test_the_app_is_pointed_at_services_that_listen_there(stack: tuple[str, ...]
             advertised = kafka[host]["KAFKA_ADVERTISED_LISTENERS"]
             assert f"//{server}" in advertised, f"{host} advertises {advertised}, not {server}"
 
-        url = urlsplit(environment["DATABASE_URL"])
-        assert url.hostname in services, f"{name}: no service {url.hostname}"
-        assert str(services[url.hostname]["image"]).startswith("postgres:")
-        assert url.port == int(postgres_env.get("PGPORT", POSTGRES_PORT))
-        assert (url.username, url.password, url.path) == (
-            postgres_env["POSTGRES_USER"],
-            postgres_env["POSTGRES_PASSWORD"],
-            "/" + postgres_env["POSTGRES_DB"],
-        ), f"{name}: DATABASE_URL does not match the postgres service's credentials"
+        roles = {"DATABASE_URL": ("orders_app", "ORDERS_DB_APP_PASSWORD")}
+        if name == "migrate":
+            roles["DATABASE_MIGRATION_URL"] = ("orders_owner", "ORDERS_DB_OWNER_PASSWORD")
+        else:
+            assert "DATABASE_MIGRATION_URL" not in environment, f"{name}: no DDL role"
+        for variable, (role, password) in roles.items():
+            url = urlsplit(environment[variable])
+            assert url.hostname in services, f"{name}: no service {url.hostname}"
+            assert str(services[url.hostname]["image"]).startswith("postgres:")
+            assert url.port == int(postgres_env.get("PGPORT", POSTGRES_PORT))
+            assert (url.username, url.password, url.path) == (
+                role,
+                postgres_env[password],
+                "/" + postgres_env["POSTGRES_DB"],
+            ), f"{name}: {variable} does not match the postgres service's {role}"
+            # The init script creates exactly this role.
+            assert f"ALTER ROLE {role} WITH LOGIN" in ROLES_SQL.read_text(), role
 
 
 @STACKS
@@ -419,8 +468,36 @@ def test_workers_scale_and_drain_before_they_are_killed(
 
 def test_postgres_credentials_are_required_not_defaulted() -> None:
     postgres = load_yaml("compose.yaml")["services"]["postgres"]["environment"]
-    for variable in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"):
+    for variable in DATABASE_PASSWORDS:
         assert re.fullmatch(rf"\$\{{{variable}:\?[^}}]+\}}", postgres[variable]), variable
+    assert postgres["POSTGRES_INITDB_ARGS"] == "--auth-host=scram-sha-256"
+    assert postgres["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
+
+
+@STACKS
+def test_the_roles_script_runs_at_the_databases_first_start(stack: tuple[str, ...]) -> None:
+    postgres = resolved(stack)["postgres"]
+    assert "./docker/postgres-init:/docker-entrypoint-initdb.d:ro" in postgres["volumes"]
+    # The image runs *.sql and *.sh there, and ignores anything else.
+    scripts = sorted(path.name for path in ROLES_SQL.parent.iterdir())
+    assert scripts == [ROLES_SQL.name], scripts
+
+
+@STACKS
+def test_each_app_container_holds_no_database_password_but_its_own(
+    stack: tuple[str, ...],
+) -> None:
+    chosen = operator_env()
+    superuser, owner = chosen["POSTGRES_PASSWORD"], chosen["ORDERS_DB_OWNER_PASSWORD"]
+    for name, service in app_services(stack):
+        environment = container_env(service)
+        holding = {
+            variable
+            for variable, value in environment.items()
+            if superuser in value or owner in value
+        }
+        expected = {"DATABASE_MIGRATION_URL"} if name == "migrate" else set()
+        assert holding == expected, f"{name}: {sorted(holding)}"
 
 
 # --- the Dockerfile ---

@@ -1,0 +1,117 @@
+"""Per-client rate limits: one token bucket per client, per API process.
+
+The limit is per process: N API processes behind a balancer let a client through N times the
+configured rate. No lock: each process runs one event loop, and `admit` never awaits.
+
+Refusals carry the IETF RateLimit fields as in draft-ietf-httpapi-ratelimit-headers-10 (the
+structured-field syntax unchanged since -08): `RateLimit-Policy: "client";q=<burst>;w=<seconds
+to refill the whole burst>` and `RateLimit: "client";r=<remaining>;t=<seconds until full>`.
+The draft models a quota per window; a token bucket of `burst` refilled in `w` seconds is the
+closest such policy (it never lets more than q through at once, and is whole again after w).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from starlette.requests import Request
+
+from app.errors import OrdersError
+from app.settings import ApiSettings
+
+POLICY = "client"
+# At most this many clients' buckets are kept (~150 bytes each). Reaching it drops the buckets
+# that are full again (idle clients: forgetting them changes nothing), then, if that is not
+# enough, the oldest half, so a flood of distinct clients costs bounded memory and amortised
+# O(1) per new client. A dropped bucket comes back full: only ever more lenient, never stricter.
+MAX_CLIENTS = 10_000
+
+
+class RateLimitedError(OrdersError):
+    """A client spent its burst; it may retry after `retry_after_s` seconds."""
+
+    retriable = True
+
+    def __init__(self, retry_after_s: int, headers: dict[str, str]) -> None:
+        super().__init__(f"rate limit reached; retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+        self.headers = headers
+
+
+class RateLimiter:
+    """Token buckets keyed by client. `rate_per_s == 0` or `burst == 0` disables the limit."""
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        burst: int,
+        *,
+        max_clients: int = MAX_CLIENTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.enabled = rate_per_s > 0 and burst > 0
+        self.rate = rate_per_s
+        self.burst = float(burst)
+        self.max_clients = max_clients
+        self.clock = clock
+        # client -> [tokens, last refill instant]; a list, not an object: cheapest to update.
+        self.buckets: dict[str, list[float]] = {}
+        window = math.ceil(burst / rate_per_s) if self.enabled else 0
+        self.policy = f'"{POLICY}";q={burst};w={window}'
+
+    @classmethod
+    def from_settings(cls, api: ApiSettings) -> RateLimiter:
+        return cls(api.rate_limit_per_s, api.rate_limit_burst)
+
+    def take(self, client: str) -> None:
+        """Spend one token of `client`'s bucket, or raise RateLimitedError when it is empty."""
+        if not self.enabled:
+            return
+        now = self.clock()
+        bucket = self.buckets.get(client)
+        if bucket is None:
+            if len(self.buckets) >= self.max_clients:
+                self._shrink(now)
+            self.buckets[client] = [self.burst - 1.0, now]
+            return
+        tokens = bucket[0] + (now - bucket[1]) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return
+        bucket[0] = tokens
+        raise self._refusal(tokens)
+
+    def _refusal(self, tokens: float) -> RateLimitedError:
+        retry_after = max(1, math.ceil((1.0 - tokens) / self.rate))
+        until_full = max(1, math.ceil((self.burst - tokens) / self.rate))
+        headers = {
+            "Retry-After": str(retry_after),
+            "RateLimit-Policy": self.policy,
+            "RateLimit": f'"{POLICY}";r=0;t={until_full}',
+        }
+        return RateLimitedError(retry_after, headers)
+
+    def _shrink(self, now: float) -> None:
+        burst, rate = self.burst, self.rate
+        self.buckets = {
+            client: bucket
+            for client, bucket in self.buckets.items()
+            if bucket[0] + (now - bucket[1]) * rate < burst
+        }
+        excess = len(self.buckets) - self.max_clients // 2
+        if excess > 0:
+            # dicts keep insertion order: the first ones are the clients first seen longest ago.
+            for client in list(self.buckets)[:excess]:
+                del self.buckets[client]
+
+
+def admit(request: Request, client: str) -> None:
+    """Take one token from `client`'s bucket in this app's limiter; raise RateLimitedError (429
+    with Retry-After and RateLimit fields, app/api/problems.py) when it is empty."""
+    limiter: RateLimiter = request.app.state.rate_limiter
+    limiter.take(client)

@@ -1,0 +1,351 @@
+"""Kafka secured: SASL_SSL with SCRAM-SHA-512, and what each service principal may do.
+
+One broker of this module's own, started by the same code as `KAFKA_SECURITY=sasl_ssl make up`
+(scripts/local_services/kafka.py, kafka_security.py, scripts/kafka/{tls,acls}.sh), with the ACLs
+granted on name prefixes so that each scenario has fresh topics and a fresh group. Every client
+here is built by the app's own code from the settings a credentials file gives
+(`<folder>/credentials/<principal>.env`); the tests' other modules keep using the PLAINTEXT
+broker of `make up`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+)
+from aiokafka.helpers import create_ssl_context
+from aiokafka.structs import ConsumerRecord, TopicPartition
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import contract
+from app.db.tables import orders
+from app.kafka_security import kafka_client_security
+from app.operations.dlq import list_dead_letters, replay_dead_letter
+from app.operations.lag import group_lag
+from app.operations.offsets import Target, apply_reset, plan_reset
+from app.publisher import OrderPublisher, build_producer, close_producer
+from app.settings import DatabaseSettings, KafkaSettings, Settings, WorkerSettings
+from app.topics import ensure_topics
+from tests.integration.throwaway import ThrowawayCluster
+from tests.integration.waiting import eventually
+from tests.integration.worker_harness import worker_running
+
+BASE_PORT = 19592  # broker 19592, controller 19593
+PREFIXES = ("t-orders-", "t-dlq-", "t-workers-")  # orders topic, DLQ topic, group
+
+
+@pytest.fixture(scope="module")
+def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThrowawayCluster]:
+    home = tmp_path_factory.mktemp("secured-kafka") / "cluster"
+    cluster = ThrowawayCluster(home, BASE_PORT, security="sasl_ssl", acl_prefixes=PREFIXES)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One scenario's names, and the Kafka settings of each principal (from its credentials)."""
+
+    cluster: ThrowawayCluster
+    run: str
+
+    @property
+    def group(self) -> str:
+        return f"{PREFIXES[2]}{self.run}"
+
+    def kafka(self, principal: str) -> KafkaSettings:
+        """The settings the app reads from `set -a; . credentials/<principal>.env`."""
+        variables = {}
+        for line in self.cluster.credentials_file(principal).read_text().splitlines():
+            name, _, value = line.partition("=")
+            if value and not name.startswith("#"):
+                variables[name.removeprefix("KAFKA_").lower()] = value
+        return KafkaSettings(
+            **variables,  # type: ignore[arg-type]
+            orders_topic=f"{PREFIXES[0]}{self.run}",
+            dlq_topic=f"{PREFIXES[1]}{self.run}",
+        )
+
+    def settings(self, principal: str, database_url: str) -> Settings:
+        return Settings(
+            kafka=self.kafka(principal),
+            database=DatabaseSettings(url=database_url),
+            worker=WorkerSettings(group_id=self.group),
+        )
+
+    @property
+    def api(self) -> KafkaSettings:
+        return self.kafka("orders-api")
+
+    @property
+    def worker(self) -> KafkaSettings:
+        return self.kafka("orders-worker")
+
+    @property
+    def operator(self) -> KafkaSettings:
+        return self.kafka("orders-operator")
+
+
+@pytest.fixture
+async def scenario(secured_kafka: ThrowawayCluster) -> Scenario:
+    """Fresh topics, created as `orders migrate` does, by the operator's principal."""
+    fresh = Scenario(secured_kafka, uuid.uuid4().hex[:8])
+    reports = await ensure_topics(fresh.operator)
+    assert {r.name: r.created for r in reports} == {
+        fresh.operator.orders_topic: True,
+        fresh.operator.dlq_topic: True,
+    }
+    return fresh
+
+
+def order(customer: str, accept_by: datetime) -> contract.OrderEnvelope:
+    items = (contract.OrderLine(sku="sku-1", quantity=2, unit_price=Decimal("3.50")),)
+    return contract.OrderEnvelope(
+        order_id=contract.new_order_id(),
+        customer_id=customer,
+        items=items,
+        total=contract.order_total(items),
+        currency="EUR",
+        accepted_at=datetime.now(UTC),
+        accept_by=accept_by,
+    )
+
+
+@asynccontextmanager
+async def api_publisher(kafka: KafkaSettings) -> AsyncIterator[OrderPublisher]:
+    """The API's producer, as its lifespan starts it."""
+    publisher = OrderPublisher(kafka, ack_deadline_s=10.0, ack_grace_s=2.0)
+    await publisher.start()
+    try:
+        assert publisher.started, "the API's producer did not connect"
+        yield publisher
+    finally:
+        await publisher.stop()
+
+
+async def publish(kafka: KafkaSettings, customer: str) -> tuple[contract.OrderEnvelope, int]:
+    """One order through the API's publisher; the order and its offset."""
+    async with api_publisher(kafka) as publisher:
+        envelope = order(customer, publisher.acceptance_deadline(datetime.now(UTC)))
+        delivery = await publisher.publish(envelope, request_id=f"req-{customer}")
+    assert delivery.offset >= 0
+    return envelope, delivery.partition
+
+
+async def produce(kafka: KafkaSettings, topic: str, value: bytes, key: bytes) -> tuple[int, int]:
+    """One record through the producer the app builds (the API's and the DLQ's); its
+    partition and offset."""
+    producer = build_producer(kafka)
+    try:
+        async with asyncio.timeout(30):
+            await producer.start()
+            sent = await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await close_producer(producer, 10.0)
+    return int(sent.partition), int(sent.offset)
+
+
+@asynccontextmanager
+async def consumer_of(
+    kafka: KafkaSettings, group: str | None = None
+) -> AsyncIterator[AIOKafkaConsumer]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **kafka_client_security(kafka),
+    )
+    await consumer.start()
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+# --- who is refused at the door ---
+
+
+@pytest.fixture(scope="module")
+def foreign_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA certificate that did not sign the broker's."""
+    folder = tmp_path_factory.mktemp("foreign-ca")
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    files = ["-keyout", str(folder / "ca.key"), "-out", str(folder / "ca.crt")]
+    subprocess.run(
+        ["openssl", "req", "-x509", *new_key, "-days", "1", "-subj", "/CN=another-ca", *files],
+        check=True,
+        capture_output=True,
+    )
+    return folder / "ca.crt"
+
+
+async def connect(port: int = BASE_PORT, **security: object) -> None:
+    """Open one connection as every aiokafka client does (TLS, SASL, ApiVersions), then close."""
+    async with asyncio.timeout(30):
+        connection = await create_conn("127.0.0.1", port, request_timeout_ms=10000, **security)
+    connection.close()
+
+
+async def test_the_right_credentials_connect(scenario: Scenario) -> None:
+    """The reference for the refusals below: only the one thing each changes differs."""
+    await connect(**kafka_client_security(scenario.api))
+
+
+async def test_a_plaintext_client_is_refused(scenario: Scenario) -> None:
+    with pytest.raises(KafkaConnectionError):
+        await connect(security_protocol="PLAINTEXT")
+
+
+@pytest.mark.parametrize(
+    ("username", "password"), [("orders-api", "not-its-password"), ("nobody", "anything")]
+)
+async def test_a_wrong_password_or_unknown_user_fails_authentication(
+    scenario: Scenario, username: str, password: str
+) -> None:
+    security = kafka_client_security(scenario.api)
+    security["sasl_plain_username"], security["sasl_plain_password"] = username, password
+    with pytest.raises(SaslAuthenticationFailed):
+        await connect(**security)
+
+
+async def test_a_client_that_trusts_another_ca_refuses_the_broker(
+    scenario: Scenario, foreign_ca: Path
+) -> None:
+    """A broker impersonator with its own certificate would be refused the same way."""
+    security = kafka_client_security(scenario.api)
+    security["ssl_context"] = create_ssl_context(cafile=foreign_ca)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await connect(**security)
+
+
+@pytest.mark.parametrize("protocol", ["PLAINTEXT", "SSL"])
+async def test_the_controller_listener_refuses_clients_without_the_brokers_certificate(
+    scenario: Scenario, protocol: str
+) -> None:
+    """Mutual TLS there: a client with the right CA but no certificate of its own is cut off."""
+    ca = create_ssl_context(cafile=scenario.api.ssl_cafile)
+    with pytest.raises(KafkaConnectionError):
+        await connect(BASE_PORT + 1, security_protocol=protocol, ssl_context=ca)
+
+
+# --- what each principal may do ---
+
+
+async def test_the_api_places_orders_but_cannot_read_them_or_move_the_group(
+    scenario: Scenario,
+) -> None:
+    api = scenario.api
+    _, partition = await publish(api, "customer-api")
+    orders_partition = TopicPartition(api.orders_topic, partition)
+
+    async with consumer_of(api) as consumer:
+        consumer.assign([orders_partition])
+        with pytest.raises(TopicAuthorizationFailedError):
+            await consumer.getmany(orders_partition, timeout_ms=5000)
+
+    async with consumer_of(api, scenario.group) as consumer:
+        consumer.assign([orders_partition])
+        with pytest.raises(GroupAuthorizationFailedError):
+            await consumer.commit({orders_partition: 0})
+
+    with pytest.raises(TopicAuthorizationFailedError):
+        await produce(api, api.dlq_topic, b"not from the api", b"k")
+
+
+async def test_the_worker_consumes_in_its_group_and_dead_letters_but_cannot_place_orders(
+    scenario: Scenario,
+) -> None:
+    worker = scenario.worker
+    await publish(scenario.api, "customer-worker")
+
+    async with consumer_of(worker, scenario.group) as consumer:
+        consumer.subscribe([worker.orders_topic])
+        fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        async with asyncio.timeout(30):
+            while not fetched:
+                fetched = await consumer.getmany(timeout_ms=1000)
+        [(tp, records)] = fetched.items()
+        await consumer.commit({tp: len(records)})
+        assert await consumer.committed(tp) == len(records)
+
+    assert await produce(worker, worker.dlq_topic, b"poison", b"k") == (0, 0)
+    with pytest.raises(TopicAuthorizationFailedError):
+        await produce(worker, worker.orders_topic, b"an order that skipped the API", b"k")
+
+    async with consumer_of(worker, f"another-group-{scenario.run}") as consumer:
+        consumer.subscribe([worker.orders_topic])
+        with pytest.raises(GroupAuthorizationFailedError):
+            async with asyncio.timeout(30):
+                await consumer.getmany(timeout_ms=5000)
+
+
+async def test_the_operator_runs_migrate_lag_and_offsets_reset(
+    scenario: Scenario, database_url: str, engine: AsyncEngine
+) -> None:
+    operator = scenario.settings("orders-operator", database_url)
+    await publish(scenario.api, "customer-operator")
+
+    # migrate again: both topics exist; their configs are read (DescribeConfigs) and kept.
+    again = await ensure_topics(operator.kafka)
+    assert {(r.name, r.created, r.changes) for r in again} == {
+        (operator.kafka.orders_topic, False, ()),
+        (operator.kafka.dlq_topic, False, ()),
+    }
+
+    rows = await group_lag(operator, engine)
+    assert sum(row.log_end for row in rows) == 1
+    assert sum(row.lag for row in rows) == 1
+
+    moves = await plan_reset(operator, engine, Target("latest"), None)
+    await apply_reset(operator, engine, moves)  # the group's members, then its offsets
+    after = await group_lag(operator, engine)
+    assert sum(row.lag for row in after) == 0
+    assert {row.committed for row in after if row.log_end} == {1}
+
+
+async def test_an_order_and_a_poison_record_each_travel_with_their_own_principals(
+    scenario: Scenario, database_url: str, engine: AsyncEngine
+) -> None:
+    """API -> orders -> worker -> PostgreSQL; poison -> DLQ -> `orders dlq list | replay`."""
+    envelope, _ = await publish(scenario.api, "customer-e2e")
+    # A record that is no order: only a principal allowed to write orders could send it.
+    poison = await produce(scenario.api, scenario.api.orders_topic, b"not json", b"customer-e2e")
+
+    async with worker_running(scenario.settings("orders-worker", database_url), engine) as worker:
+        stats = worker.stats
+        assert await eventually(lambda: stats.inserted == 1 and stats.dead_lettered == 1, 60)
+    async with engine.connect() as connection:
+        stored = await connection.scalar(
+            select(orders.c.customer_id).where(orders.c.order_id == envelope.order_id)
+        )
+    assert stored == "customer-e2e"
+
+    operator = scenario.operator
+    page = await list_dead_letters(operator)
+    [letter] = page.letters
+    assert letter.value == b"not json"
+    assert letter.origin == f"{operator.orders_topic}/{poison[0]}@{poison[1]}"
+    partition, offset = await replay_dead_letter(operator, letter.offset)
+    assert (partition, offset) == (poison[0], poison[1] + 1)  # its key's partition, appended
