@@ -8,9 +8,10 @@ defaults point at the services `make up` starts on loopback.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import unquote
 
 from pydantic import (
@@ -165,6 +166,13 @@ class DatabaseSettings(_LocalServicesGroup):
         _refuse_default_password(url)
         return PostgresDsn(str(url).replace(f"{url.scheme}://", "postgresql+asyncpg://", 1))
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """repr() and str() (and so a logged or printed Settings) show the URLs with their
+        passwords masked; `str(settings.database.url)` itself is the real URL."""
+        for name, value in super().__repr_args__():
+            masked = name in ("url", "migration_url") and isinstance(value, PostgresDsn)
+            yield name, _without_password(value) if masked else value
+
     @property
     def owner_url(self) -> PostgresDsn:
         """Where migrations connect: DATABASE_MIGRATION_URL, else DATABASE_URL."""
@@ -179,6 +187,14 @@ class DatabaseSettings(_LocalServicesGroup):
 # Passwords that are someone's default somewhere (this project's own former one included), or
 # the placeholder .env.example ships: a URL carrying one is refused, never used.
 _DEFAULT_PASSWORDS = frozenset({"orders", "postgres", "password", "change-me", "changeme"})
+
+
+def _without_password(url: PostgresDsn) -> str:
+    text = str(url)
+    for host in url.hosts():
+        if host["password"]:
+            text = text.replace(f":{host['password']}@", ":***@", 1)
+    return text
 
 
 def _refuse_default_password(url: PostgresDsn) -> None:

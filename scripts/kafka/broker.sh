@@ -21,7 +21,8 @@ fail() {
     exit 1
 }
 
-# The users and their passwords. They go into --add-scram and a JAAS line: no quoting there.
+# The users and their passwords. They go into --add-scram (one line of an argument file) and a
+# JAAS line: no quoting there.
 declare -A passwords=(
     [admin]=${SCRAM_ADMIN_PASSWORD:-}
     [orders-api]=${SCRAM_API_PASSWORD:-}
@@ -84,13 +85,21 @@ ssl.truststore.type=PEM
 ssl.truststore.location=$tls/ca.crt
 PROPERTIES
 
-scram=()
-for user in admin orders-api orders-worker orders-operator; do
-    scram+=(--add-scram "SCRAM-SHA-512=[name=$user,password=${passwords[$user]}]")
-done
 # Formatting writes the users into the cluster's first metadata; an existing log keeps its own
 # (change passwords at runtime: kafka-configs --alter --add-config 'SCRAM-SHA-512=[...]').
-"$dist/bin/kafka-storage.sh" format --ignore-formatted --cluster-id "$cluster_id" \
-    --config "$config" "${scram[@]}" >/dev/null
+# The passwords never go on a command line, where `ps` shows them: the tool reads its arguments
+# from a file only this user may read (`@FILE`, one argument per line), deleted once it has run.
+# (Its standard output, the bootstrap metadata, holds the users' salted keys: discarded.)
+format_args=$config_dir/format.args
+trap 'rm -f "$format_args"' EXIT
+{
+    printf '%s\n' --ignore-formatted --cluster-id "$cluster_id" --config "$config"
+    for user in admin orders-api orders-worker orders-operator; do
+        printf '%s\n' --add-scram "SCRAM-SHA-512=[name=$user,password=${passwords[$user]}]"
+    done
+} >"$format_args"
+"$dist/bin/kafka-storage.sh" format "@$format_args" >/dev/null
+rm -f "$format_args"
+trap - EXIT
 unset SCRAM_ADMIN_PASSWORD SCRAM_API_PASSWORD SCRAM_WORKER_PASSWORD SCRAM_OPERATOR_PASSWORD
 exec "$dist/bin/kafka-server-start.sh" "$config"

@@ -45,9 +45,13 @@ for host in "$@"; do
 done
 days=825 # the longest validity TLS clients accept for a server certificate
 
+# keytool reads the password from its environment (-storepass:env), never from its command
+# line, where `ps` would show it to every user of the machine. (PKCS12: the keys have the
+# stores' password.)
+export TLS_STORE_PASSWORD=$password
 tool() { # keytool, quiet unless it fails
     local output
-    if ! output=$(keytool -noprompt -storetype PKCS12 -storepass "$password" "$@" 2>&1); then
+    if ! output=$(keytool -noprompt -storetype PKCS12 -storepass:env TLS_STORE_PASSWORD "$@" 2>&1); then
         echo "$output" >&2
         return 1
     fi

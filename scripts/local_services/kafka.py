@@ -10,9 +10,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from .kafka_security import (
@@ -42,6 +44,8 @@ KAFKA_HEAP = os.environ.get("KAFKA_HEAP_OPTS", "-Xms256m -Xmx512m")
 # Kafka's command-line tools live for seconds: the quick JIT and the serial GC start them with
 # about a third less CPU (they run many times at start-up, on machines with few cores).
 TOOL_JVM = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def java() -> str:
@@ -201,26 +205,8 @@ def kafka_up(
         write_private(config, kafka_properties(node, brokers, base, data, secured))
         if not (data / "meta.properties").exists():
             say(f"formatting storage of Kafka node {node}")
-            formatting = subprocess.run(
-                [
-                    java_bin,
-                    *TOOL_JVM,
-                    "-cp",
-                    classpath,
-                    "kafka.tools.StorageTool",
-                    "format",
-                    "-t",
-                    cluster_id,
-                    "-c",
-                    str(config),
-                    "--ignore-formatted",
-                    *(secured.format_arguments() if secured else []),
-                ],
-                check=False,
-                stdout=subprocess.DEVNULL,
-            )
-            if formatting.returncode != 0:
-                # Not CalledProcessError: its message would print the command, passwords included.
+            arguments = storage_format_arguments(cluster_id, config, secured)
+            if not format_storage([java_bin, *TOOL_JVM, "-cp", classpath], arguments, home):
                 raise ServiceError(f"formatting the storage of Kafka node {node} failed")
         log = home / "broker.log"
         with log.open("ab") as out:
@@ -266,10 +252,123 @@ def kafka_up(
     return bootstrap
 
 
+def storage_format_arguments(
+    cluster_id: str, config: Path, secured: SecuredBroker | None
+) -> list[str]:
+    """StorageTool's `format` options; secured, they carry every SCRAM user's password."""
+    return [
+        "-t",
+        cluster_id,
+        "-c",
+        str(config),
+        "--ignore-formatted",
+        *(secured.format_arguments() if secured else []),
+    ]
+
+
+def format_storage(java: list[str], arguments: list[str], folder: Path) -> bool:
+    """Run `kafka.tools.StorageTool format` with `java` (the JVM and its class path); True when
+    it succeeded.
+
+    The arguments (passwords among them) never appear on a command line, where `ps` would show
+    them to every user of the machine: they go to an argument file only its owner may read, in
+    `folder`, which the tool reads itself (`@FILE`, one argument per line: Kafka's argparse4j
+    expands it; the `java` launcher does not, after the main class), deleted once it has run.
+    """
+    if any("\n" in argument for argument in arguments):
+        raise ServiceError("a StorageTool argument cannot hold a line break")
+    argfile = folder / "format.args"
+    write_private(argfile, "".join(f"{argument}\n" for argument in arguments))
+    try:
+        formatting = subprocess.run(
+            [*java, "kafka.tools.StorageTool", "format", f"@{argfile}"],
+            check=False,
+            # It prints the bootstrap metadata, the SCRAM users' salted keys included.
+            stdout=subprocess.DEVNULL,
+        )
+    finally:
+        argfile.unlink(missing_ok=True)
+    # Not CalledProcessError: never a message that could carry the arguments.
+    return formatting.returncode == 0
+
+
 def cluster_mode(cluster: Path) -> str:
     """The security mode a cluster's folder was created for (older folders: plaintext)."""
     stamp = cluster / "security"
     return stamp.read_text().strip() if stamp.exists() else "plaintext"
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """One of our own clusters (a folder under `<state>/kafka`) with a node running."""
+
+    folder: Path
+    mode: str  # its security mode (cluster_mode)
+    ports: frozenset[int]  # what its running nodes listen on, brokers' and controllers'
+
+
+def running_clusters(root: Path | None = None) -> list[LocalCluster]:
+    """The clusters under `root` (default `<state>/kafka`) with a node alive, each with its
+    recorded security mode and the ports of its running nodes (their server.properties)."""
+    ports: dict[Path, set[int]] = {}
+    for pid_file in sorted((root or STATE / "kafka").glob("*/node-*/broker.pid")):
+        if pid_alive(pid_file):
+            node = pid_file.parent
+            ports.setdefault(node.parent, set()).update(_listener_ports(node / "server.properties"))
+    return [
+        LocalCluster(folder, cluster_mode(folder), frozenset(found))
+        for folder, found in ports.items()
+    ]
+
+
+def _listener_ports(properties: Path) -> set[int]:
+    try:
+        lines = properties.read_text().splitlines()
+    except OSError:
+        return set()
+    for line in lines:
+        if line.startswith("listeners="):
+            return {int(port) for port in re.findall(r":(\d+)(?=,|$)", line.strip())}
+    return set()
+
+
+def bootstrap_target(bootstrap: str | None) -> tuple[str, int]:
+    """Host and port of the first server of KAFKA_BOOTSTRAP_SERVERS (unset: the default)."""
+    first = (bootstrap or DEFAULT_BOOTSTRAP).split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def local_cluster_at(host: str, port: int, root: Path | None = None) -> LocalCluster | None:
+    """Our own running cluster that serves host:port, if any (ours listen on loopback only)."""
+    if host not in LOOPBACK:
+        return None
+    return next((cluster for cluster in running_clusters(root) if port in cluster.ports), None)
+
+
+def requested_security(value: str | None) -> str | None:
+    """KAFKA_SECURITY as asked (None: not asked), checked against the modes there are."""
+    mode = (value or "").strip().lower()
+    if mode and mode not in SECURITY_MODES:
+        raise ServiceError(f"KAFKA_SECURITY={value}: expected one of {', '.join(SECURITY_MODES)}")
+    return mode or None
+
+
+def settle_security(requested: str | None, running: LocalCluster | None, port: int) -> str:
+    """The security mode to use against `port`: that of our own cluster running there, else the
+    one requested (KAFKA_SECURITY), else plaintext.
+
+    Asking for the other mode than the running cluster's fails: it would otherwise pass
+    silently, with clients that have no credentials (or credentials and no TLS)."""
+    if running is None:
+        return requested or "plaintext"
+    if requested is None or requested == running.mode:
+        return running.mode
+    raise ServiceError(
+        f"the {running.mode} Kafka cluster runs on port {port} ({running.folder}), but "
+        f"KAFKA_SECURITY={requested} asks for a {requested} one: stop it first (make down), "
+        f"then start again; or unset KAFKA_SECURITY to use the {running.mode} one"
+    )
 
 
 def _hold_to_mode(cluster: Path, security: str) -> None:

@@ -146,7 +146,9 @@ class SecuredBroker:
 
     def format_arguments(self) -> list[str]:
         """StorageTool's --add-scram for every user: the credentials go into the cluster's
-        first metadata, so they exist before any broker accepts a connection."""
+        first metadata, so they exist before any broker accepts a connection. They hold the
+        passwords: kafka.format_storage hands them over in a private file, never on the
+        command line."""
         arguments = []
         for principal in PRINCIPALS:
             password = self.passwords[principal]

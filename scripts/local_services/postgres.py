@@ -2,7 +2,9 @@
 
 Two roles, defined once in docker/postgres-init/10-orders-roles.sql (compose runs the same file):
 `orders_owner` owns the database and runs the migrations, `orders_app` is what the API and the
-workers connect as. Their passwords are random and given by the caller (`make up` keeps them in
+workers connect as. Here alone the owner may also create databases (CREATEDB): the integration
+tests, `make fuzz` and `make bench-worker` make databases of their own; compose's owner may not.
+Their passwords are random and given by the caller (`make up` keeps them in
 <state>/services.env). Over TCP every role authenticates with scram-sha-256. The bootstrap
 superuser has no password at all: it is reached only over the server's Unix socket, in a folder
 only the server's OS user may enter (`trust` there, and nowhere else).
@@ -226,9 +228,11 @@ def _converge(psql: list[str], passwords: RolePasswords) -> None:
     if exists.stdout.strip() != "1":
         subprocess.run([*psql, "-d", "postgres", "-c", f"CREATE DATABASE {DATABASE}"], check=True)
     # The script goes on stdin: as root, psql runs as `postgres`, which may not read the checkout.
+    # One transaction, CREATEDB included: a test creating its database meanwhile never finds the
+    # owner without it (the script spells out NOCREATEDB, for compose).
     subprocess.run(
-        [*psql, "-d", DATABASE, "-f", "-"],
-        input=ROLES_SQL.read_text(),
+        [*psql, "-d", DATABASE, "--single-transaction", "-f", "-"],
+        input=f"{ROLES_SQL.read_text()}\nALTER ROLE {OWNER_ROLE} CREATEDB;\n",
         text=True,
         env={
             **os.environ,

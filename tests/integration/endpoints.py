@@ -5,7 +5,7 @@
 2. the state folder's services.env, where `make up` wrote the URLs of the services it started
    (ORDERS_STATE_DIR, else ./.state; the app's own settings read the same file);
 3. testcontainers, where a Docker engine is available (PostgreSQL initialised with the same
-   roles script as compose);
+   roles script as compose, and the owner given CREATEDB as `make up` gives it);
 otherwise every integration test fails (never skips) with a message that says how to start them.
 
 PostgreSQL comes as two URLs: the application's role (DML only), which every test and process
@@ -22,14 +22,15 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
 from app.settings import local_services_env
 
 DEFAULT_KAFKA = "127.0.0.1:9092"
-ROLES_SCRIPTS = Path(__file__).resolve().parents[2] / "docker" / "postgres-init"
+POSTGRES_INIT = Path(__file__).resolve().parents[2] / "docker" / "postgres-init"
+ROLES_SQL = POSTGRES_INIT / "10-orders-roles.sql"
 HOW_TO_START = (
     "the integration tests need a real Kafka broker and PostgreSQL server: run `make up` "
     "(or `make test`, which starts them), or set KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL and "
@@ -57,6 +58,16 @@ def _answers(host: str, port: int) -> bool:
 def _kafka_answers(bootstrap: str) -> bool:
     host, _, port = bootstrap.split(",")[0].rpartition(":")
     return _answers(host, int(port))
+
+
+def without_password(url: str) -> str:
+    """`url` fit for a message: its password, if any, masked."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _database_answers(url: str) -> bool:
@@ -102,7 +113,7 @@ def real_services() -> Iterator[Endpoints]:
             yield Endpoints(kafka, app, origin, owner)
             return
     if not _docker_available():
-        where = f" (nothing answers at {found[0]} / {found[1]})" if found else ""
+        where = f" (nothing answers at {found[0]} / {without_password(found[1])})" if found else ""
         raise RuntimeError(f"{HOW_TO_START}{where}")
     with _containers() as started:
         yield started
@@ -121,11 +132,19 @@ def _containers() -> Iterator[Endpoints]:
         .with_env("POSTGRES_INITDB_ARGS", "--auth-host=scram-sha-256")
         .with_env("ORDERS_DB_OWNER_PASSWORD", owner_password)
         .with_env("ORDERS_DB_APP_PASSWORD", app_password)
-        .with_volume_mapping(ROLES_SCRIPTS, "/docker-entrypoint-initdb.d", "ro")
+        # The roles script alone: the folder's pg_hba rule refuses the superuser over TCP, and
+        # testcontainers waits for the server by logging in as it over TCP.
+        .with_volume_mapping(ROLES_SQL, f"/docker-entrypoint-initdb.d/{ROLES_SQL.name}", "ro")
     )
     with ExitStack() as stack:
         broker = stack.enter_context(KafkaContainer("apache/kafka:4.1.1").with_kraft())
         server = stack.enter_context(postgres)
+        # The owner creates the session's database; only local setups give it CREATEDB.
+        granted = server.exec(
+            ["psql", "-U", "postgres", "-d", "orders", "-c", "ALTER ROLE orders_owner CREATEDB"]
+        )
+        if granted.exit_code != 0:
+            raise RuntimeError(f"CREATEDB for orders_owner failed: {granted.output!r}")
         where = f"{server.get_container_host_ip()}:{server.get_exposed_port(5432)}/orders"
         yield Endpoints(
             broker.get_bootstrap_server(),

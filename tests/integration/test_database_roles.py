@@ -1,16 +1,20 @@
 """Least privilege in PostgreSQL: what the application's role may not do, what the owner may.
 
 That the application's role may do everything the pipeline needs is proved by the rest of the
-suite, which runs on it (tests/integration/conftest.py `database_url`).
+suite, which runs on it (tests/integration/conftest.py `database_url`). A server of this
+module's own (started by `make up`'s code) shows what only a superuser can set up: `make up`
+converging quietly, and compose's init script refusing the superuser over TCP.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
+import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -18,7 +22,9 @@ import pytest
 
 from app.db.migrate import downgrade_database, upgrade_database
 from app.settings import DatabaseSettings
-from tests.integration.endpoints import Endpoints
+from tests.integration.endpoints import POSTGRES_INIT, Endpoints
+from tests.integration.live_stack import free_port
+from tests.integration.throwaway import ThrowawayPostgres, throwaway_postgres
 
 # What the application's role may do to each table, and nothing more (migrations/versions/0003).
 EXPECTED_PRIVILEGES = {
@@ -244,3 +250,81 @@ def test_tcp_authentication_is_scram_sha_256(endpoints: Endpoints, who: str) -> 
 
 async def test_passwords_are_stored_as_scram_verifiers(as_app: asyncpg.Connection) -> None:
     assert await as_app.fetchval("SHOW password_encryption") == "scram-sha-256"
+
+
+# --- what `make up` and compose set up as the superuser, on a server of this module's own ---
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[ThrowawayPostgres]:
+    with throwaway_postgres(free_port()) as server:
+        yield server
+
+
+def test_make_up_converges_again_without_a_notice(
+    own_server: ThrowawayPostgres, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Every `make up` runs the roles script again: on roles that are all there already, it
+    has nothing to say (psql prints a server NOTICE even with -q)."""
+    capfd.readouterr()
+    own_server.start()
+    out, err = capfd.readouterr()
+    assert "NOTICE" not in out + err, out + err
+
+
+async def test_only_make_ups_owner_may_create_databases(own_server: ThrowawayPostgres) -> None:
+    """CREATEDB comes from scripts/local_services/postgres.py (the tests' own databases), not
+    from the roles script compose runs (tests/unit/test_compose.py checks that side)."""
+    owner = await asyncpg.connect(plain(own_server.migration_url))
+    try:
+        attributes = await owner.fetchrow(
+            "SELECT rolcreatedb, rolsuper, pg_has_role('orders_app', 'MEMBER') AS may_end_app"
+            " FROM pg_roles WHERE rolname = current_user"
+        )
+        await owner.execute('CREATE DATABASE "orders_owner_may"')
+        await owner.execute('DROP DATABASE "orders_owner_may"')
+    finally:
+        await owner.close()
+    assert dict(attributes or {}) == {"rolcreatedb": True, "rolsuper": False, "may_end_app": True}
+
+
+def apply_compose_init_hba(server: ThrowawayPostgres) -> None:
+    """docker/postgres-init/00-superuser-local-only.sh on the server's pg_hba.conf, reloaded."""
+    services, data = server.services, server.home / "data"
+    subprocess.run(
+        ["bash", str(POSTGRES_INIT / "00-superuser-local-only.sh")],
+        env={"PATH": os.environ["PATH"], "PGDATA": str(data)},
+        check=True,
+    )
+    pg_ctl = [*services.as_pg_user(), services.pg_bin("pg_ctl"), "-D", str(data)]
+    subprocess.run([*pg_ctl, "reload"], check=True, capture_output=True)
+
+
+def pg_isready(server: ThrowawayPostgres) -> subprocess.CompletedProcess[str]:
+    """The compose healthcheck's probe: pg_isready over TCP as the superuser."""
+    where = ["-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", "-d", "orders"]
+    return subprocess.run(
+        [server.services.pg_bin("pg_isready"), *where], capture_output=True, text=True, check=False
+    )
+
+
+async def test_the_compose_init_refuses_the_superuser_over_tcp(
+    own_server: ThrowawayPostgres,
+) -> None:
+    """The init script, applied to this server's pg_hba.conf: a TCP login as `postgres` is
+    rejected before any password is asked for, the healthcheck's pg_isready still reports the
+    server ready, and the app's roles still log in."""
+    superuser = with_credentials(plain(own_server.url), "postgres", "any-password")
+    with pytest.raises(asyncpg.InvalidPasswordError):  # before: asked for a password
+        await asyncpg.connect(superuser)
+
+    await asyncio.to_thread(apply_compose_init_hba, own_server)
+    await asyncio.sleep(0.5)  # the postmaster rereads pg_hba.conf on SIGHUP
+
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match=r"pg_hba\.conf"):
+        await asyncpg.connect(superuser)
+    ready = await asyncio.to_thread(pg_isready, own_server)
+    assert ready.returncode == 0, ready.stdout + ready.stderr
+    for url in (own_server.url, own_server.migration_url):
+        connection = await asyncpg.connect(plain(url))
+        await connection.close()

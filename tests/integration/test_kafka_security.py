@@ -5,14 +5,19 @@ One broker of this module's own, started by the same code as `KAFKA_SECURITY=sas
 granted on name prefixes so that each scenario has fresh topics and a fresh group. Every client
 here is built by the app's own code from the settings a credentials file gives
 (`<folder>/credentials/<principal>.env`); the tests' other modules keep using the PLAINTEXT
-broker of `make up`.
+broker of `make up`. The ACLs are also listed, and held to the exact set scripts/kafka/acls.sh
+grants (ACLS below): a privilege too many fails as surely as one missing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import shutil
 import ssl
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -39,6 +44,7 @@ from app import contract
 from app.db.tables import orders
 from app.kafka_security import kafka_client_security
 from app.operations.dlq import list_dead_letters, replay_dead_letter
+from app.operations.kafka_clients import KafkaCommandError
 from app.operations.lag import group_lag
 from app.operations.offsets import Target, apply_reset, plan_reset
 from app.publisher import OrderPublisher, build_producer, close_producer
@@ -50,13 +56,56 @@ from tests.integration.worker_harness import worker_running
 
 BASE_PORT = 19592  # broker 19592, controller 19593
 PREFIXES = ("t-orders-", "t-dlq-", "t-workers-")  # orders topic, DLQ topic, group
+ORDERS, DLQ, GROUP = PREFIXES
+ORDERS_CLI = str(Path(sys.executable).with_name("orders"))
+
+# Every ACL of the secured broker, as scripts/kafka/acls.sh grants them (ACL_PATTERN=prefixed):
+# (principal, resource type, resource name, pattern type, operation, permission).
+ACLS = {
+    # The API: produce orders.
+    ("User:orders-api", "TOPIC", ORDERS, "PREFIXED", "WRITE", "ALLOW"),
+    ("User:orders-api", "TOPIC", ORDERS, "PREFIXED", "DESCRIBE", "ALLOW"),
+    # The workers: consume orders in their group, dead-letter poison.
+    ("User:orders-worker", "TOPIC", ORDERS, "PREFIXED", "READ", "ALLOW"),
+    ("User:orders-worker", "TOPIC", ORDERS, "PREFIXED", "DESCRIBE", "ALLOW"),
+    ("User:orders-worker", "TOPIC", DLQ, "PREFIXED", "WRITE", "ALLOW"),
+    ("User:orders-worker", "TOPIC", DLQ, "PREFIXED", "DESCRIBE", "ALLOW"),
+    ("User:orders-worker", "GROUP", GROUP, "PREFIXED", "READ", "ALLOW"),
+    ("User:orders-worker", "GROUP", GROUP, "PREFIXED", "DESCRIBE", "ALLOW"),
+    # The operator: migrate (create, configs), lag, offsets reset, dlq list, dlq replay.
+    *(
+        ("User:orders-operator", "TOPIC", topic, "PREFIXED", operation, "ALLOW")
+        for topic in (ORDERS, DLQ)
+        for operation in ("CREATE", "DESCRIBE_CONFIGS", "ALTER_CONFIGS", "READ", "DESCRIBE")
+    ),
+    ("User:orders-operator", "TOPIC", ORDERS, "PREFIXED", "WRITE", "ALLOW"),
+    ("User:orders-operator", "GROUP", GROUP, "PREFIXED", "READ", "ALLOW"),
+    ("User:orders-operator", "GROUP", GROUP, "PREFIXED", "DESCRIBE", "ALLOW"),
+}
+
+# A stand-in on PATH for `java` and `keytool` while the broker is set up: it writes down its
+# command line (what `ps` shows every user), then runs the real program.
+RECORDING = """#!/usr/bin/env bash
+printf '%s\\n' "$*" >>{log}
+exec {real} "$@"
+"""
 
 
 @pytest.fixture(scope="module")
 def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThrowawayCluster]:
     home = tmp_path_factory.mktemp("secured-kafka") / "cluster"
     cluster = ThrowawayCluster(home, BASE_PORT, security="sasl_ssl", acl_prefixes=PREFIXES)
-    cluster.start()
+    recorders = home.parent / "recorders"
+    recorders.mkdir()
+    for program in ("java", "keytool"):
+        real = shutil.which(program)
+        assert real, f"{program} is missing"
+        recorder = recorders / program
+        recorder.write_text(RECORDING.format(log=home.parent / "command-lines.log", real=real))
+        recorder.chmod(0o755)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", f"{recorders}:{os.environ['PATH']}")
+        cluster.start()
     try:
         yield cluster
     finally:
@@ -182,6 +231,73 @@ async def consumer_of(
         yield consumer
     finally:
         await consumer.stop()
+
+
+# --- no password on a command line ---
+
+
+def test_no_password_went_on_a_command_line_while_the_broker_was_set_up(
+    secured_kafka: ThrowawayCluster,
+) -> None:
+    """Certificates (tls.sh: keytool), storage with the SCRAM users (StorageTool), ACLs
+    (acls.sh: AclCommand), the readiness probe, the broker: every java and keytool run."""
+    folder = secured_kafka.home.parent
+    runs = (folder / "command-lines.log").read_text().splitlines()
+    assert any("kafka.tools.StorageTool format" in run for run in runs), runs
+    assert sum("-genkeypair" in run for run in runs) == 2, runs
+    assert any("AclCommand" in run for run in runs), runs
+    passwords = {(folder / "tls" / "store.password").read_text().strip()}
+    for principal in ("admin", "orders-api", "orders-worker", "orders-operator"):
+        for line in (folder / "credentials" / f"{principal}.env").read_text().splitlines():
+            if line.startswith("KAFKA_SASL_PASSWORD="):
+                passwords.add(line.partition("=")[2])
+    assert len(passwords) == 5
+    assert not [run for run in runs if any(password in run for password in passwords)]
+
+
+# --- exactly the ACLs that acls.sh grants ---
+
+_ACL_RESOURCE = re.compile(r"ResourcePattern\(resourceType=(\w+), name=(.*?), patternType=(\w+)\)")
+_ACL_ENTRY = re.compile(r"\(principal=(.+?), host=(.+?), operation=(\w+), permissionType=(\w+)\)")
+
+
+def listed_acls(cluster: ThrowawayCluster) -> set[tuple[str, ...]]:
+    """Every ACL of the cluster, from Kafka's AclCommand --list as the super user."""
+    services = cluster.services
+    listing = subprocess.run(
+        [
+            services.java(),
+            *services.TOOL_JVM,
+            "-cp",
+            services.kafka_classpath(),
+            "org.apache.kafka.tools.AclCommand",
+            "--bootstrap-server",
+            cluster.bootstrap,
+            "--command-config",
+            str(cluster.home.parent / "credentials" / "admin.properties"),
+            "--list",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    acls, resource = set(), None
+    for line in listing.stdout.splitlines():
+        if found := _ACL_RESOURCE.search(line):
+            resource = found.groups()
+        elif entry := _ACL_ENTRY.search(line):
+            assert resource is not None, listing.stdout
+            principal, host, operation, permission = entry.groups()
+            assert host == "*", line
+            acls.add((principal, resource[0], resource[1], resource[2], operation, permission))
+    return acls
+
+
+def test_the_broker_has_exactly_the_acls_of_acls_sh(secured_kafka: ThrowawayCluster) -> None:
+    listed = listed_acls(secured_kafka)
+    assert listed - ACLS == set(), "privileges granted beyond acls.sh's"
+    assert ACLS - listed == set(), "privileges of acls.sh missing"
 
 
 # --- who is refused at the door ---
@@ -349,3 +465,47 @@ async def test_an_order_and_a_poison_record_each_travel_with_their_own_principal
     assert letter.origin == f"{operator.orders_topic}/{poison[0]}@{poison[1]}"
     partition, offset = await replay_dead_letter(operator, letter.offset)
     assert (partition, offset) == (poison[0], poison[1] + 1)  # its key's partition, appended
+
+
+# --- a refusal says so ---
+
+
+async def test_listing_the_dlq_without_the_right_says_not_authorized(
+    scenario: Scenario, database_url: str, tmp_path: Path
+) -> None:
+    """The API's user may not see the DLQ at all: the broker answers as if the topic did not
+    exist, and the operator command must not say that it does not."""
+    api = scenario.api
+    with pytest.raises(KafkaCommandError) as refused:
+        await list_dead_letters(api)
+    expected = f"not authorized to read topic {api.dlq_topic!r} as user 'orders-api'"
+    assert expected in str(refused.value)
+
+    # `orders dlq list` as that user: the same line, and exit code 1.
+    variables = {}
+    for line in scenario.cluster.credentials_file("orders-api").read_text().splitlines():
+        name, _, value = line.partition("=")
+        if value and not name.startswith("#"):
+            variables[name] = value
+    environment = {
+        "PATH": os.environ["PATH"],
+        "ORDERS_STATE_DIR": str(tmp_path),
+        **variables,
+        "KAFKA_ORDERS_TOPIC": api.orders_topic,
+        "KAFKA_DLQ_TOPIC": api.dlq_topic,
+        "WORKER_GROUP_ID": scenario.group,
+        "DATABASE_URL": database_url,
+    }
+    listing = await asyncio.to_thread(
+        subprocess.run,
+        [ORDERS_CLI, "dlq", "list"],
+        env=environment,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert listing.returncode == 1, listing
+    assert expected in listing.stderr
+    assert "does not exist" not in listing.stderr + listing.stdout

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
+import stat
+import subprocess
 import tomllib
 from collections.abc import Iterator
 from importlib.resources import files
@@ -46,6 +49,20 @@ KAFKA_PASSWORDS = (
     "KAFKA_OPERATOR_PASSWORD",
 )
 ROLES_SQL = ROOT / "docker" / "postgres-init" / "10-orders-roles.sql"
+SUPERUSER_HBA = ROOT / "docker" / "postgres-init" / "00-superuser-local-only.sh"
+# pg_hba.conf as the postgres image leaves it before its init scripts run: initdb's rules
+# (POSTGRES_INITDB_ARGS=--auth-host=scram-sha-256), then POSTGRES_HOST_AUTH_METHOD's.
+IMAGE_HBA = """\
+# TYPE  DATABASE        USER            ADDRESS                 METHOD
+local   all             all                                     trust
+host    all             all             127.0.0.1/32            scram-sha-256
+host    all             all             ::1/128                 scram-sha-256
+local   replication     all                                     trust
+host    replication     all             127.0.0.1/32            scram-sha-256
+host    replication     all             ::1/128                 scram-sha-256
+
+host all all all scram-sha-256
+"""
 POSTGRES_PORT = 5432  # the postgres image's default, unless PGPORT says otherwise
 
 
@@ -478,9 +495,58 @@ def test_postgres_credentials_are_required_not_defaulted() -> None:
 def test_the_roles_script_runs_at_the_databases_first_start(stack: tuple[str, ...]) -> None:
     postgres = resolved(stack)["postgres"]
     assert "./docker/postgres-init:/docker-entrypoint-initdb.d:ro" in postgres["volumes"]
-    # The image runs *.sql and *.sh there, and ignores anything else.
+    # The image runs *.sql and *.sh there in name order, and ignores anything else: the
+    # superuser's pg_hba rules first, then the roles.
     scripts = sorted(path.name for path in ROLES_SQL.parent.iterdir())
-    assert scripts == [ROLES_SQL.name], scripts
+    assert scripts == [SUPERUSER_HBA.name, ROLES_SQL.name], scripts
+
+
+def _hba_rules(text: str) -> list[list[str]]:
+    return [line.split() for line in text.splitlines() if line.strip() and line[0] != "#"]
+
+
+def test_the_superuser_may_not_log_in_over_tcp(tmp_path: Path) -> None:
+    """The init script puts `reject` rules for the superuser ahead of every other (PostgreSQL
+    takes the first rule that matches), keeps the file's mode, and changes nothing run again;
+    the healthcheck's pg_isready still answers (a refused login proves the server is up)."""
+    hba = tmp_path / "pg_hba.conf"
+    hba.write_text(IMAGE_HBA)
+    hba.chmod(0o600)
+    environment = {"PATH": os.environ["PATH"], "PGDATA": str(tmp_path)}
+    for _ in range(2):
+        subprocess.run(["bash", str(SUPERUSER_HBA)], env=environment, check=True)
+    rules = _hba_rules(hba.read_text())
+    assert rules[:2] == [
+        ["host", "all", "postgres", "all", "reject"],
+        ["host", "replication", "postgres", "all", "reject"],
+    ]
+    assert rules[2:] == _hba_rules(IMAGE_HBA)
+    assert stat.S_IMODE(hba.stat().st_mode) == 0o600
+    # POSTGRES_USER names another superuser: its rules, then.
+    hba.write_text(IMAGE_HBA)
+    subprocess.run(
+        ["bash", str(SUPERUSER_HBA)], env={**environment, "POSTGRES_USER": "root"}, check=True
+    )
+    assert _hba_rules(hba.read_text())[0] == ["host", "all", "root", "all", "reject"]
+    healthcheck = load_yaml("compose.yaml")["services"]["postgres"]["healthcheck"]["test"]
+    assert "pg_isready" in " ".join(healthcheck)
+
+
+def test_the_image_may_source_the_superuser_script() -> None:
+    """Not executable (a checkout without file modes), the image sources it, in its own shell
+    (set -Eeo pipefail): it must neither exit that shell nor leave variables in it."""
+    script = f'set -Eeo pipefail; PGDATA=$(mktemp -d); printf "{IMAGE_HBA}" >"$PGDATA/pg_hba.conf"'
+    script += f'; source {SUPERUSER_HBA}; echo "after: ${{orders_hba:-unset}}"; rm -r "$PGDATA"'
+    sourced = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    assert sourced.stdout.strip() == "after: unset"
+
+
+def test_the_shared_roles_script_gives_the_owner_no_createdb() -> None:
+    """Only `make up` lets the owner create databases (scripts/local_services/postgres.py), for
+    the integration tests; compose's owner owns one database, nothing more."""
+    [attributes] = re.findall(r"ALTER ROLE orders_owner WITH ([^;]*);", ROLES_SQL.read_text())
+    assert "NOCREATEDB" in attributes.split()
+    assert "CREATEDB" not in attributes.split()
 
 
 @STACKS
