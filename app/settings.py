@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     Field,
@@ -236,8 +236,15 @@ class ApiSettings(BaseSettings):
     # headers are complete; then from there until its body is complete (408 if unanswered).
     head_timeout_s: float = Field(default=10.0, gt=0)
     body_timeout_s: float = Field(default=10.0, gt=0)
-    # An idle keep-alive connection is closed after this long.
+    # An idle keep-alive connection is closed after this long (from its last response, or from
+    # the end of its last request when that was answered before its body was read).
     keep_alive_timeout_s: int = Field(default=5, ge=1)
+    # A response the client does not read for this long (the server's send buffer stays full)
+    # aborts the connection, freeing the request's in-flight place and its buffers.
+    write_timeout_s: float = Field(default=10.0, gt=0)
+    # Pipelined requests waiting behind the one being answered, per connection; past them the
+    # connection is not read until one is answered.
+    max_pipelined: int = Field(default=8, ge=1)
     # Connections open at once; one more is answered 503 and closed.
     max_connections: int = Field(default=1024, ge=1)
     # The listen queue of connections the kernel accepted before the process does.
@@ -246,13 +253,22 @@ class ApiSettings(BaseSettings):
     # broker's acknowledgement); one more is answered 503. /healthz and /readyz are not counted.
     max_in_flight: int = Field(default=512, ge=1)
     # Per-client token bucket: a sustained rate and a burst; 0 in either disables the limit.
+    # These are for customers' tokens (with a customer_id: one customer's orders) ...
     rate_limit_per_s: float = Field(default=100.0, ge=0)
     rate_limit_burst: int = Field(default=200, ge=0)
+    # ... and these for services' and operators' tokens (no customer_id), which act for every
+    # customer: a shop's backend places all its customers' orders through one token.
+    service_rate_limit_per_s: float = Field(default=2000.0, ge=0)
+    service_rate_limit_burst: int = Field(default=4000, ge=0)
 
 
 def state_dir() -> Path:
     """Where local state lives (`make up`'s services, the development signing key)."""
     return Path(os.environ.get("ORDERS_STATE_DIR", ".state"))
+
+
+# Hosts a JWKS may be fetched from over plain http (a test's own server): never off the machine.
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class AuthSettings(BaseSettings):
@@ -269,7 +285,8 @@ class AuthSettings(BaseSettings):
     # Clock skew allowed on exp, nbf and iat.
     leeway_s: float = Field(default=30.0, ge=0, le=300)
     jwks_file: Path | None = None
-    jwks_url: str | None = Field(default=None, pattern=r"^https?://")
+    # https:// only (the keys decide who gets in); http:// for a loopback host only, for tests.
+    jwks_url: str | None = None
     # A JWKS URL's keys are fetched again after this long, and on an unknown kid at most once
     # per cooldown (a stream of made-up kids must not become a stream of fetches).
     jwks_max_age_s: float = Field(default=300.0, gt=0)
@@ -280,6 +297,24 @@ class AuthSettings(BaseSettings):
     )
     # Verified tokens remembered (token -> principal, until it expires), per API process.
     token_cache_size: int = Field(default=10_000, ge=0)
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_over_tls(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        try:
+            parts = urlsplit(url)
+            scheme, host = parts.scheme, parts.hostname
+        except ValueError:  # a malformed [IPv6] host, say
+            scheme, host = "", None
+        if not host or not (scheme == "https" or (scheme == "http" and host in _LOOPBACK_HOSTS)):
+            msg = (
+                "AUTH_JWKS_URL must be an https:// URL (http:// only for a loopback host: "
+                f"{', '.join(sorted(_LOOPBACK_HOSTS))})"
+            )
+            raise ValueError(msg)
+        return url
 
     @model_validator(mode="after")
     def _one_key_source(self) -> AuthSettings:

@@ -9,8 +9,9 @@ at the end, and every process started here is stopped (SIGTERM, then SIGKILL) wh
 Every request carries one service's bearer token (both scopes, minted with `orders token` from
 the local key the API verifies with), so generated data reaches validation; schemathesis'
 `ignored_auth` check sends requests without it, and with a made-up one, and expects 401. There
-is no per-client rate limit in this run (API_RATE_LIMIT_PER_S=0): the fuzzer is one client
-sending far faster than one client may, and a 429 would hide what the data does.
+is no per-client rate limit in this run (API_RATE_LIMIT_PER_S=0, API_SERVICE_RATE_LIMIT_PER_S=0):
+the fuzzer is one client sending far faster than one client may, and a 429 would hide what the
+data does.
 
 Passing means both:
 1. `schemathesis run --checks all`: every generated request, valid or not, gets an answer that
@@ -83,6 +84,7 @@ def main() -> int:
         "API_HOST": "127.0.0.1",
         "API_PORT": str(port),
         "API_RATE_LIMIT_PER_S": "0",
+        "API_SERVICE_RATE_LIMIT_PER_S": "0",
         "AUTH_ENABLED": "true",
     }
     # Absolute: the API and `orders token` must read one key, whatever their working folder.

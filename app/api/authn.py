@@ -1,11 +1,17 @@
-"""Who is asking: each request's bearer token, checked before anything else of it is read.
+"""Who is asking: each request's bearer token, checked before the route reads anything of it.
 
 Every route of the orders and customers routers is a BearerRoute: it declares the scope it
 needs once, in its OpenAPI entry (`openapi_extra=bearer(WRITE)`), and the same declaration is
 enforced here, so the docs cannot drift from the checks; a route that declares none fails at
 import. The check runs before FastAPI reads parameters or the body, so a request without a
-token is 401 whatever else is wrong with it (RFC 6750 section 3). Then, in this order: the scope
-(403), the client's rate limit (429), and only then the body (400/422).
+token is 401 whatever is wrong with its parameters or its body's content (RFC 6750 section 3).
+
+Not before everything, though: what can be told from the request's head alone is refused
+first, token or not, at no cost and revealing nothing: the HTTP edge's 431/408
+(app/api/edge_protocol.py), the in-flight cap's 503 (app/api/edge_guard.py), and a declared body
+that is not JSON (415) or too large (413, app/api/guard.py). Then here, in this order: the
+Authorization header's form (400 invalid_request), the token (401), the scope (403), the
+client's rate limit (429); only then does the route read its parameters and body (400/422).
 
 POST /orders is the hot path: this is a plain call in the route's handler, not a FastAPI
 dependency (app/api/orders.py says why), and a token seen before costs a dict lookup
@@ -25,9 +31,9 @@ from app.api.rate_limit import admit
 from app.auth import (
     SCOPES,
     InsufficientScopeError,
+    InvalidRequestError,
     MissingTokenError,
     Principal,
-    TokenRefusedError,
     TokenRules,
     TokenVerifier,
     key_set,
@@ -75,19 +81,21 @@ class Authenticator:
             principal = await self.verifier.principal(bearer_token(request))
         if scope not in principal.scopes:
             raise InsufficientScopeError(scope)
-        admit(request, principal.client_key)
+        admit(request, principal)
         request.scope[PRINCIPAL] = principal
         return principal
 
 
 def bearer_token(request: Request) -> str:
-    """The token of the request's `Authorization: Bearer` header (RFC 6750 section 2.1)."""
+    """The token of the request's `Authorization: Bearer` header (RFC 6750 section 2.1).
+    A repeated header or an empty token is a malformed request (400 invalid_request, section
+    3.1), not a bad token."""
     found = [value for name, value in request.scope["headers"] if name == b"authorization"]
     if not found:
         raise MissingTokenError
     if len(found) > 1:
         msg = "send one Authorization header"
-        raise TokenRefusedError(msg)
+        raise InvalidRequestError(msg)
     value: bytes = found[0]
     scheme, _, token = value.decode("latin-1").partition(" ")
     if scheme.lower() != "bearer":  # another scheme carries no bearer token: a bare challenge
@@ -95,7 +103,7 @@ def bearer_token(request: Request) -> str:
     token = token.strip()
     if not token:
         msg = "the bearer token is empty"
-        raise TokenRefusedError(msg)
+        raise InvalidRequestError(msg)
     return token
 
 

@@ -20,7 +20,7 @@ router = APIRouter(tags=["customers"], route_class=BearerRoute)
 @router.get(
     "/customers/{customer_id}/orders",
     response_model=CustomerOrdersPage,
-    responses=problem_responses(401, 403, 422, 429, 503),
+    responses=problem_responses(400, 401, 403, 422, 429, 503),
     openapi_extra=bearer(READ),
 )
 async def list_customer_orders(

@@ -1,177 +1,79 @@
 """uvicorn's httptools protocol, held to the limits its parser does not enforce.
 
-httptools (llhttp) accepts a head of any size and any number of headers, and uvicorn times out
-only idle keep-alive connections. Here, before a byte reaches the parser:
-- the request head (request line + headers) is counted as it arrives: past API_MAX_HEADER_BYTES
-  it is refused (431) without being parsed, so a 256 MiB header costs one read, not a minute;
-- headers are counted: past API_MAX_HEADERS, 431;
-- a head must be complete within API_HEAD_TIMEOUT_S of its first byte (of the accept, for a
-  connection's first request), and a body within API_BODY_TIMEOUT_S of its head: 408, closed;
+httptools (llhttp) accepts a head of any size and any number of headers, a body and trailers of
+any size, any number of pipelined requests, and uvicorn times out only idle keep-alive
+connections. Here (limits and refusals: edge_limits.py; byte accounting: edge_framing.py):
+- bytes are counted before the parser sees them: a head past API_MAX_HEADER_BYTES (431), or a
+  request sending more than its body, trailer and framing allowance after its head (413), is
+  refused unparsed; headers and trailers are counted (past API_MAX_HEADERS, 431);
+- at most API_MAX_PIPELINED requests wait behind the one being answered: then the parser is fed
+  no more and the connection not read until one is answered;
+- every connection not waiting on the app has a deadline (checked by edge_watch.py): a head
+  within API_HEAD_TIMEOUT_S of its first byte (of the accept, for the first request), a body
+  within API_BODY_TIMEOUT_S of its head (408); idle, closed after API_KEEP_ALIVE_TIMEOUT_S from
+  its last response or the end of its last request, whichever is later; a send buffer that
+  stays full (a client not reading) for API_WRITE_TIMEOUT_S aborts the connection, which frees
+  the app's request and the buffers;
 - one connection over API_MAX_CONNECTIONS is answered 503 at once and closed, never held.
-Every refusal is a problem+json written straight on the transport (no request reached the app;
-none is written while an earlier response is under way) and ends the connection: after a
-refusal, where the next request would begin is unknown.
-
-Deadlines are checked by one timer per server (ConnectionWatch) that walks the open connections
-a few times a second, instead of arming and cancelling two timers per request: a request pays a
-clock read and an attribute store, and a timeout fires at most one tick late.
-"""
+A refusal ends the connection: where the next request would begin is unknown after it. It is
+written once every earlier pipelined request is answered (the connection is not read
+meanwhile), then the connection lingers a little, dropping what the client still sends."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import httptools
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from app.settings import ApiSettings
+from app.api import edge_framing as framing
+from app.api.edge_limits import (
+    BAD_REQUEST,
+    BODY_TIMEOUT,
+    BODY_TOO_LARGE,
+    HEAD_TIMEOUT,
+    HEAD_TOO_LARGE,
+    TOO_MANY_CONNECTIONS,
+    TOO_MANY_HEADERS,
+    EdgeLimits,
+    Refusal,
+    problem_bytes,
+)
+from app.api.edge_watch import ConnectionWatch
 
-log = logging.getLogger("orders.api.edge")
-
-PROBLEM_JSON = b"application/problem+json"
 # After a refusal, how long and how much of what the client still sends is read and dropped.
 LINGER_S = 2.0
 LINGER_MAX_BYTES = 4 * 1024 * 1024
 
+SMALL_PIECE = 8192
 
-@dataclass(frozen=True)
-class EdgeLimits:
-    max_header_bytes: int
-    max_headers: int
-    head_timeout_s: float
-    body_timeout_s: float
-    max_connections: int
-    retry_after_s: int
-
-    @classmethod
-    def from_settings(cls, api: ApiSettings) -> EdgeLimits:
-        return cls(
-            max_header_bytes=api.max_header_bytes,
-            max_headers=api.max_headers,
-            head_timeout_s=api.head_timeout_s,
-            body_timeout_s=api.body_timeout_s,
-            max_connections=api.max_connections,
-            retry_after_s=api.retry_after_s,
-        )
-
-    @property
-    def tick_s(self) -> float:
-        """How often deadlines are checked: a fifth of the shortest timeout, within [50 ms, 1 s]."""
-        return min(1.0, max(0.05, min(self.head_timeout_s, self.body_timeout_s) / 5))
+# What a connection's `deadline` is for: on expiry, a 408 (HEAD, BODY), or a close (IDLE, LINGER).
+NONE, HEAD, BODY, IDLE, LINGER = range(5)
 
 
-@dataclass(frozen=True)
-class Refusal:
-    status: int
-    title: str
-    detail: str  # formatted with `limits`
-    # Counted, then logged once per tick: one log line per refused request would let a flood
-    # of bad requests cost the process more in logging than in refusing.
-    reason: str
+class HeldFlow(FlowControl):
+    """uvicorn's flow control, whose reading stays paused while `held`: uvicorn resumes reading
+    whenever a response completes or the app reads, which would read (and queue) more pipelined
+    requests than the protocol lets in."""
 
+    held = False
 
-def problem_bytes(
-    refusal: Refusal,
-    limits: EdgeLimits,
-    default_headers: Iterable[tuple[bytes, bytes]],
-    retry_after_s: int | None = None,
-) -> bytes:
-    """A whole HTTP/1.1 problem+json response that closes the connection."""
-    problem = {
-        "type": "about:blank",
-        "title": refusal.title,
-        "status": refusal.status,
-        "detail": refusal.detail.format(limits=limits),
-    }
-    body = json.dumps(problem, separators=(",", ":")).encode()
-    lines = [STATUS_LINE[refusal.status]]
-    lines.extend(name + b": " + value + b"\r\n" for name, value in default_headers)
-    if retry_after_s is not None:
-        lines.append(b"retry-after: %d\r\n" % retry_after_s)
-    lines.append(b"content-type: " + PROBLEM_JSON + b"\r\n")
-    lines.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
-    lines.append(body)
-    return b"".join(lines)
+    def resume_reading(self) -> None:
+        if not self.held:
+            super().resume_reading()
 
 
 class _Refused(Exception):
     """Raised from a parser callback to stop the parser; the refusal is on the protocol."""
 
 
-class ConnectionWatch:
-    """One per server: closes connections past their deadline, logs the refusals it counted."""
-
-    def __init__(self, limits: EdgeLimits) -> None:
-        self.tick_s = limits.tick_s
-        self.refusals: Counter[str] = Counter()
-        self._timer: asyncio.TimerHandle | None = None
-
-    def watch(self, protocol: EdgeProtocol) -> None:
-        if self._timer is None:
-            self._timer = protocol.loop.call_later(
-                self.tick_s, self._tick, protocol.loop, protocol.connections
-            )
-
-    def _tick(self, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
-        now = loop.time()
-        late = [
-            connection
-            for connection in connections
-            if isinstance(connection, EdgeProtocol) and 0 < connection.deadline <= now
-        ]
-        for connection in late:
-            connection.expire(now)
-        if self.refusals:
-            summary = ", ".join(f"{count} {reason}" for reason, count in self.refusals.items())
-            log.warning("refused at the HTTP edge: %s", summary)
-            self.refusals.clear()
-        # Stop while no connection is open: a timer left behind would outlive the server.
-        self._timer = (
-            loop.call_later(self.tick_s, self._tick, loop, connections) if connections else None
-        )
-
-
-HEAD_TOO_LARGE = Refusal(
-    431,
-    "Request Header Fields Too Large",
-    "the request line and headers may be at most {limits.max_header_bytes} bytes",
-    "request heads over API_MAX_HEADER_BYTES",
-)
-TOO_MANY_HEADERS = Refusal(
-    431,
-    "Request Header Fields Too Large",
-    "a request may carry at most {limits.max_headers} headers",
-    "requests with more than API_MAX_HEADERS headers",
-)
-HEAD_TIMEOUT = Refusal(
-    408,
-    "Request Timeout",
-    "the request line and headers must arrive within {limits.head_timeout_s} s",
-    "heads not complete within API_HEAD_TIMEOUT_S",
-)
-BODY_TIMEOUT = Refusal(
-    408,
-    "Request Timeout",
-    "the body must arrive within {limits.body_timeout_s} s of the headers",
-    "bodies not complete within API_BODY_TIMEOUT_S",
-)
-TOO_MANY_CONNECTIONS = Refusal(
-    503,
-    "Service Unavailable",
-    "too many connections are open; retry after Retry-After seconds",
-    "connections over API_MAX_CONNECTIONS",
-)
-
-
 class EdgeProtocol(HttpToolsProtocol):
+    flow: HeldFlow
+
     def __init__(
         self,
         config: Config,
@@ -185,26 +87,46 @@ class EdgeProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.limits = limits
         self.watch = watch
-        # Between requests and while a head arrives, bytes count towards the head.
-        self.in_head = True
-        self.head_bytes = 0
+        self.framing = framing.Framing(limits.max_header_bytes, limits.after_head_budget)
+        self.max_headers = limits.max_headers
+        self.max_pipelined = limits.max_pipelined
         self.header_count = 0
-        # The loop time by which the current head or body must be complete; 0: none pending.
+        # The loop time by which `expiry` happens; 0: none (the app is answering).
         self.deadline = 0.0
+        self.expiry = NONE
+        self.write_deadline = 0.0  # while the transport's send buffer is full; -1: aborted
+        self.active: RequestResponseCycle | None = None  # the request being answered
+        # Bytes read but not fed while API_MAX_PIPELINED requests wait: data[pos:].
+        self.backlog: bytes | None = None
+        self.backlog_pos = 0
+        # Nothing more is parsed: refused (then lingering), or after an Upgrade request.
         self.refused = False
-        self.refusal: Refusal | None = None
+        self.deferred: tuple[Refusal, int | None] | None = None  # after the pending answers
         self.dropped = 0  # bytes read and dropped after a refusal
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.limits.max_connections:
             # Not added to the server's connections: it holds nothing, and leaves at once.
             self.transport = transport
-            self.refused = True
             self._refuse(TOO_MANY_CONNECTIONS, retry_after_s=self.limits.retry_after_s)
             return
         super().connection_made(transport)
-        self.deadline = self.loop.time() + self.limits.head_timeout_s
+        self.flow = HeldFlow(transport)
+        self._expire_in(HEAD, self.limits.head_timeout_s)
         self.watch.watch(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # uvicorn tells only the last request parsed; the one being answered may be another.
+        active = self.active
+        if active is not None and not active.response_complete:
+            active.disconnected = True
+            active.message_event.set()
+        self.backlog = None
+        super().connection_lost(exc)
+
+    def _expire_in(self, expiry: int, seconds: float) -> None:
+        self.deadline = self.loop.time() + seconds
+        self.expiry = expiry
 
     def data_received(self, data: bytes) -> None:
         if self.refused:
@@ -212,135 +134,187 @@ class EdgeProtocol(HttpToolsProtocol):
             if self.dropped > LINGER_MAX_BYTES:
                 self.transport.close()
             return
-        self._unset_keepalive_if_required()
-        # The common case, a whole head (and body) in one read within the limit: one check.
-        limit = self.limits.max_header_bytes
-        if len(data) <= (limit - self.head_bytes if self.in_head else limit):
-            if self.in_head:
-                self.head_bytes += len(data)
-            self._parse(data)
-            return
-        self._parse_in_slices(memoryview(data), limit)
+        if self.backlog is not None:  # read while held: kept with the rest (reading is paused)
+            data = self.backlog[self.backlog_pos :] + data
+            self.backlog = None
+        self._feed(data, 0)
 
-    def _parse_in_slices(self, view: memoryview, limit: int) -> None:
-        while view:
-            if self.in_head:
-                allowed = limit - self.head_bytes
-                if len(view) <= allowed:
-                    self.head_bytes += len(view)
-                    self._parse(view)
-                    return
-                piece, view = view[:allowed], view[allowed:]
-                self.head_bytes = limit
-                if not self._parse(piece):
-                    return
-                if self.in_head and self.head_bytes == limit:
-                    # The same head is still incomplete, and more of it is here.
-                    self._refuse(HEAD_TOO_LARGE)
-                    return
-            else:
-                # A body, then maybe the next request: fed in slices so that a head starting
-                # in this read is counted from at most one slice after its first byte.
-                if len(view) <= limit:
-                    self._parse(view)
-                    return
-                piece, view = view[:limit], view[limit:]
-                if not self._parse(piece):
-                    return
-
-    def _parse(self, data: bytes | memoryview) -> bool:
-        """Feed the parser as uvicorn does; whether the connection is still usable after."""
+    def _feed(self, data: bytes, pos: int) -> None:
+        counted = self.framing
+        size = len(data)
         try:
-            self.parser.feed_data(data)
+            while pos < size:
+                if len(self.pipeline) >= self.max_pipelined:
+                    self._hold(data, pos)
+                    return
+                if counted.mode == framing.HEAD and not counted.head_bytes and self.expiry != HEAD:
+                    # The first byte of a head: from idle, or from waiting on the app.
+                    self.deadline = self.loop.time() + self.limits.head_timeout_s
+                    self.expiry = HEAD
+                end = counted.piece(data, pos)
+                if end == framing.OVER:
+                    over = HEAD_TOO_LARGE if counted.mode == framing.HEAD else BODY_TOO_LARGE
+                    self._refuse(over)
+                    return
+                if end - pos == size:
+                    self.parser.feed_data(data)
+                elif end - pos < SMALL_PIECE:  # a copy is cheaper than a view
+                    self.parser.feed_data(data[pos:end])
+                else:
+                    self.parser.feed_data(memoryview(data)[pos:end])
+                if counted.mode == framing.BODY:
+                    counted.body_framing()
+                elif counted.head_bytes or counted.mode == framing.CHUNKED:
+                    counted.fed(data, end)
+                pos = end
         except httptools.HttpParserCallbackError:
-            if self.refusal is None:
-                # One of uvicorn's own callbacks failed on this request: its answer, a 400.
-                self.send_400_response("Invalid HTTP request received.")
-            else:
-                self._refuse(self.refusal)
-            return False
-        except httptools.HttpParserError:
-            msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
-            self.send_400_response(msg)
-            return False
+            # One of our callbacks stopped the parser, or one of uvicorn's failed (a URL it
+            # cannot decode): a 400.
+            counted_out = self.header_count > self.limits.max_headers
+            self._refuse(TOO_MANY_HEADERS if counted_out else BAD_REQUEST)
         except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
-            return False
-        return not self.transport.is_closing()
+            # No WebSocket (ws="none"): an Upgrade or CONNECT request is answered as plain HTTP,
+            # and the connection ends with its answer: what follows is not read.
+            self.cycle.keep_alive = False
+            self.refused = True
+            self.flow.held = True
+            self.flow.pause_reading()
+        except httptools.HttpParserError:
+            self._refuse(BAD_REQUEST)
+
+    def _hold(self, data: bytes, pos: int) -> None:
+        self.backlog = data
+        self.backlog_pos = pos
+        self.flow.held = True
+        self.flow.pause_reading()
+
+    def _release(self) -> None:
+        """Feed what was held back, now that a waiting request has started."""
+        if self.backlog is None or self.parser is None or self.transport.is_closing():
+            return
+        data, pos = self.backlog, self.backlog_pos
+        self.backlog = None
+        self.flow.held = False
+        self._feed(data, pos)
+        if self.backlog is None and not self.refused and not self.pipeline:
+            self.flow.resume_reading()
 
     # Parser callbacks
-    def on_message_begin(self) -> None:
-        self.header_count = 0
-        if not self.deadline:
-            self.deadline = self.loop.time() + self.limits.head_timeout_s
-        super().on_message_begin()
-
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_count += 1
-        if self.header_count > self.limits.max_headers:
-            self.refusal = TOO_MANY_HEADERS
+        """uvicorn's (inlined: a call less per header), counting, and noting the framing."""
+        self.header_count += 1  # trailers too: reset when the message completes
+        if self.header_count > self.max_headers:
             raise _Refused
-        HttpToolsProtocol.on_header(self, name, value)
+        name = name.lower()
+        if name == b"content-length":
+            self.framing.length = value
+        elif name == b"transfer-encoding":
+            self.framing.chunked = True
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.in_head = False
-        self.head_bytes = 0
+        super().on_headers_complete()  # first: if it fails (a bad URL), the head is not over
+        self.framing.headers_complete()
         self.deadline = self.loop.time() + self.limits.body_timeout_s
-        super().on_headers_complete()
+        self.expiry = BODY
+        if not self.pipeline:  # started, not queued behind an earlier request
+            self.active = self.cycle
 
     def on_message_complete(self) -> None:
-        self.in_head = True
-        self.deadline = 0.0
+        self.framing.message_complete()
+        self.header_count = 0
+        if self.cycle.response_complete:
+            # Answered before its body was read (401, 413, ...): from now on, idle.
+            self._expire_in(IDLE, self.limits.keep_alive_s)
+        else:
+            self.deadline = 0.0
+            self.expiry = NONE
         super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        """uvicorn's, with the keep-alive timeout as a deadline instead of a timer per request,
+        and what pipelining, a held backlog or a deferred refusal need."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self.active = cycle
+            self._start_asgi_task(cycle, app)
+        elif self.deferred is not None:
+            self._answer(*self.deferred)
+            return
+        elif self.framing.mode == framing.HEAD and not self.framing.head_bytes:
+            self._expire_in(IDLE, self.limits.keep_alive_s)
+        if self.backlog is not None:
+            self.loop.call_soon(self._release)
+
+    def pause_writing(self) -> None:
+        self.flow.pause_writing()
+        self.write_deadline = self.loop.time() + self.limits.write_timeout_s
+
+    def resume_writing(self) -> None:
+        self.flow.resume_writing()
+        self.write_deadline = 0.0
+
     def expire(self, now: float) -> None:
-        """The deadline passed: answer 408 if no response is under way, and close."""
-        if self.refused:  # the linger after a refusal is over
+        """The deadline passed: close an idle or lingering connection; else answer 408 (once the
+        earlier answers are written) unless the wait is the app's."""
+        expiry = self.expiry
+        self.deadline = 0.0
+        self.expiry = NONE
+        if expiry in (IDLE, LINGER):
             self.transport.close()
             return
-        if not self.in_head:
+        if expiry == BODY:
             cycle = self.cycle
             if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
-                # uvicorn stopped reading because the app has not taken the body yet, or the
-                # client waits for the 100 Continue the app's first read sends: the wait is
-                # the app's, not the client's.
-                self.deadline = now + self.limits.body_timeout_s
+                # uvicorn stopped reading because the app has not taken the body yet (or the
+                # request waits behind others), or the client waits for the 100 Continue the
+                # app's first read sends: the wait is the app's, not the client's.
+                self._expire_in(BODY, self.limits.body_timeout_s)
                 return
-        self._refuse(HEAD_TIMEOUT if self.in_head else BODY_TIMEOUT)
+        self._refuse(HEAD_TIMEOUT if expiry == HEAD else BODY_TIMEOUT)
 
     def _refuse(self, refusal: Refusal, retry_after_s: int | None = None) -> None:
-        """Answer `refusal` where no other response is under way on this connection, and close.
-        A head refused while an earlier (pipelined) request is still being answered is not its
-        own answer's turn: the connection is only closed."""
-        cycle = self.cycle
-        if self.in_head:
-            answerable = cycle is None or cycle.response_complete
-        else:
-            answerable = cycle is None or not cycle.response_started
-        if cycle is not None and not cycle.response_complete:
-            # The app's receive() now returns http.disconnect and its sends are dropped, so no
-            # byte of its answer can follow ours.
-            cycle.disconnected = True
-            cycle.message_event.set()
-        if answerable:
-            self._answer(refusal, retry_after_s)
-        else:
-            self.refused = True
-            self.watch.refusals[refusal.reason] += 1
-            self.transport.close()
-
-    def _answer(self, refusal: Refusal, retry_after_s: int | None = None) -> None:
-        """Write the refusal, then linger: a client still sending (the rest of a huge head) that
-        met a plain close would get a reset, and might lose the answer before reading it. So
-        our side is shut (FIN), what still arrives is dropped unread, and the connection is
-        closed when the client closes, after LINGER_S, or after LINGER_MAX_BYTES."""
+        """Refuse the request whose bytes are arriving (a head: not yet a request; a body:
+        `self.cycle`) and end the connection. The problem is written in its turn: at once if no
+        earlier response is pending, else after them (reading stops meanwhile). A request
+        answered already (before its body) gets no second answer: the connection is shut."""
         self.refused = True
         self.deadline = 0.0
+        self.expiry = NONE
+        self.backlog = None
         self.watch.refusals[refusal.reason] += 1
+        mine = None if self.framing.mode == framing.HEAD else self.cycle
+        if mine is not None and mine.response_started:
+            if mine.response_complete:
+                self._linger()
+            else:  # its answer is under way: cut short
+                mine.disconnected = True
+                mine.message_event.set()
+                self.transport.close()
+            return
+        if mine is not None:
+            if self.pipeline and self.pipeline[0][0] is mine:
+                self.pipeline.popleft()  # queued, never started
+            else:  # its app is waiting for the body: it reads http.disconnect, its sends drop
+                mine.disconnected = True
+                mine.message_event.set()
+        active = self.active
+        earlier = active is not None and active is not mine and not active.response_complete
+        if self.pipeline or earlier:
+            self.deferred = (refusal, retry_after_s)
+            self.flow.held = True
+            self.flow.pause_reading()
+            return
+        self._answer(refusal, retry_after_s)
+
+    def _answer(self, refusal: Refusal, retry_after_s: int | None = None) -> None:
+        self.deferred = None
         if self.transport.is_closing():
             return
         headers = self.server_state.default_headers
@@ -349,7 +323,13 @@ class EdgeProtocol(HttpToolsProtocol):
             # Over the connection cap, nothing is held, not even for a linger.
             self.transport.close()
             return
+        self._linger()
+
+    def _linger(self) -> None:
+        """Shut our side (FIN) and drop what still arrives, until the client closes, LINGER_S
+        pass or LINGER_MAX_BYTES arrive: a client still sending (the rest of a huge head) that
+        met a plain close would get a reset, and might lose the answer before reading it."""
         self.transport.write_eof()
-        if self.flow is not None:
-            self.flow.resume_reading()
-        self.deadline = self.loop.time() + LINGER_S
+        self.flow.held = False
+        self.flow.resume_reading()
+        self._expire_in(LINGER, LINGER_S)

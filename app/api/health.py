@@ -1,18 +1,27 @@
 """Liveness (/healthz) and readiness (/readyz: producer up, broker and database answering).
 
-Both are open (orchestrators probe them without a token) and so tell nothing but a status: which
-dependency is down goes to the log, not to whoever asks.
+Both are open (orchestrators probe them without a token, and the in-flight cap lets them
+through) and so tell nothing but a status: which dependency is down goes to the log, not to
+whoever asks.
+
+Being open, /readyz must not let anyone who can reach it load the dependencies: one check takes a
+database connection and a Kafka metadata round trip (~60 ms). So the probes share one check:
+concurrent probes wait for the one under way (single flight), and its result answers every probe
+for READY_CACHE_S after it. However many probe, the dependencies see at most one check a second
+per API process, and one pooled connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from sqlalchemy import text
 
-from app.api.deps import ResourcesDep
+from app.api.deps import Resources
 from app.api.schemas import Health
 
 log = logging.getLogger(__name__)
@@ -20,6 +29,47 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 CHECK_TIMEOUT_S = 2.0
+# How long one readiness check answers the probes that follow it. An orchestrator probes every
+# few seconds, so one second never hides a change from it, and bounds the checks to one a second.
+READY_CACHE_S = 1.0
+
+
+class Readiness:
+    """The last readiness check, shared by the probes: single flight, then cached."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._ready = False
+        self._checked_at = -float("inf")
+        self._running: asyncio.Task[bool] | None = None
+
+    async def ready(self, resources: Resources) -> bool:
+        if self.clock() - self._checked_at < READY_CACHE_S:
+            return self._ready
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._check(resources))
+        # shield: a probe that gives up (its client went away) must not cancel the others' check.
+        return await asyncio.shield(self._running)
+
+    async def _check(self, resources: Resources) -> bool:
+        try:
+            ready = await dependencies_ready(resources)
+        except Exception:  # a check that fails is a "not ready", never a 500
+            log.exception("readiness check failed")
+            ready = False
+        finally:
+            self._running = None
+        self._ready, self._checked_at = ready, self.clock()
+        return ready
+
+
+def readiness_of(request: Request) -> Readiness:
+    """The app's Readiness, made on the first probe (no await: no two are made)."""
+    state = request.app.state
+    readiness: Readiness | None = getattr(state, "readiness", None)
+    if readiness is None:
+        readiness = state.readiness = Readiness()
+    return readiness
 
 
 @router.get("/healthz", response_model=Health)
@@ -32,22 +82,29 @@ async def healthz() -> Health:
     response_model=Health,
     responses={503: {"model": Health, "description": "Kafka or PostgreSQL is not usable"}},
 )
-async def readyz(resources: ResourcesDep, response: Response) -> Health:
+async def readyz(request: Request, response: Response) -> Health:
+    resources: Resources = request.app.state.resources
+    if not await readiness_of(request).ready(resources):
+        response.status_code = 503
+        return Health(status="unavailable")
+    return Health(status="ok")
+
+
+async def dependencies_ready(resources: Resources) -> bool:
+    """One readiness check: the producer reaches a broker and the database answers."""
     producer_ok, database_ok = await asyncio.gather(
         resources.publisher.broker_reachable(CHECK_TIMEOUT_S), _database_answers(resources)
     )
     if not (producer_ok and database_ok):
         log.warning("not ready: kafka %s, database %s", _state(producer_ok), _state(database_ok))
-        response.status_code = 503
-        return Health(status="unavailable")
-    return Health(status="ok")
+    return producer_ok and database_ok
 
 
 def _state(ok: bool) -> str:
     return "answers" if ok else "DOES NOT ANSWER"
 
 
-async def _database_answers(resources: ResourcesDep) -> bool:
+async def _database_answers(resources: Resources) -> bool:
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S), resources.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))

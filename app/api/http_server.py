@@ -15,7 +15,9 @@ from typing import cast
 import uvicorn
 from starlette.types import ASGIApp
 
-from app.api.edge_protocol import ConnectionWatch, EdgeLimits, EdgeProtocol
+from app.api.edge_limits import EdgeLimits
+from app.api.edge_protocol import EdgeProtocol
+from app.api.edge_watch import ConnectionWatch
 from app.settings import Settings
 
 # Every response carries personal or per-request data: never cached, never content-sniffed.
@@ -36,7 +38,10 @@ def serve(app: ASGIApp, settings: Settings, host: str, port: int, access_log: bo
         host=host,
         port=port,
         http=edge_protocol(settings),
-        timeout_keep_alive=api.keep_alive_timeout_s,
+        timeout_keep_alive=api.keep_alive_timeout_s,  # kept by EdgeProtocol as a deadline
+        # No WebSocket: an Upgrade request is answered as plain HTTP (with the hygiene headers),
+        # not handed to the websockets library (whose 403 carried none of them).
+        ws="none",
         backlog=api.backlog,
         server_header=False,
         headers=HYGIENE_HEADERS,

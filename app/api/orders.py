@@ -157,7 +157,7 @@ def accepted(order_id: uuid.UUID, partition: int, offset: int) -> Response:
 @router.post(
     "/orders/validate",
     response_model=ValidatedOrder,
-    responses=problem_responses(400, 401, 403, 413, 415, 422, 429),
+    responses=problem_responses(400, 401, 403, 413, 415, 422, 429, 503),
     openapi_extra=bearer(WRITE),
 )
 async def validate_order(order: OrderRequest, request: Request) -> Response:
@@ -213,7 +213,7 @@ OrderIdPath = Annotated[uuid.UUID, Path(json_schema_extra={"pattern": f"^{ORDER_
     "/orders/{order_id:order_id}",
     response_model=StoredOrder,
     # 422 never comes (the router only routes a well-formed id), but FastAPI would list its own.
-    responses=problem_responses(401, 403, 404, 422, 429, 503),
+    responses=problem_responses(400, 401, 403, 404, 422, 429, 503),
     openapi_extra=bearer(READ),
 )
 async def get_order(

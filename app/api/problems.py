@@ -15,6 +15,7 @@ from app.api.schemas import Problem
 from app.auth.errors import (
     AccessRefusedError,
     InsufficientScopeError,
+    InvalidRequestError,
     KeysUnavailableError,
     MissingTokenError,
     TokenRefusedError,
@@ -53,7 +54,8 @@ def problem_responses(
 ) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the problem responses a route can give."""
     described = {
-        400: "The body is not JSON, or not UTF-8",
+        400: "The body is not JSON, or not UTF-8; or the Authorization header is repeated, or "
+        'its bearer token empty (WWW-Authenticate: error="invalid_request")',
         401: "No bearer token, or one that is not valid here (expired, another audience or "
         "issuer, an unknown key, not an access token); WWW-Authenticate says which (RFC 6750)",
         403: "The token lacks the scope this operation needs (WWW-Authenticate: "
@@ -65,8 +67,9 @@ def problem_responses(
         413: "Body larger than API_MAX_BODY_BYTES",
         415: "Content-Type is not application/json",
         422: "The body or a parameter is invalid; `errors` lists each field",
-        429: "Rate limit reached (per client, per API process); retry after Retry-After "
-        "seconds. RateLimit-Policy and RateLimit tell the quota",
+        429: "Rate limit reached (per client, per API process; a customer's token has a lower "
+        "limit than a service's); retry after Retry-After seconds. RateLimit-Policy and "
+        "RateLimit tell the quota",
         503: "Not accepted: a dependency did not answer in time. Retry after Retry-After seconds, "
         "with the same Idempotency-Key",
     }
@@ -92,7 +95,9 @@ def bearer_challenge(error: str | None = None, description: str = "", scope: str
     (app/auth/errors.py), never a client's: nothing here needs quoting."""
     challenge = f'Bearer realm="{REALM}"'
     if error is not None:
-        challenge += f', error="{error}", error_description="{description}"'
+        challenge += f', error="{error}"'
+    if description:
+        challenge += f', error_description="{description}"'
     if scope:
         challenge += f', scope="{scope}"'
     return challenge
@@ -102,6 +107,9 @@ def _refusal(exc: AccessRefusedError) -> JSONResponse:
     if isinstance(exc, MissingTokenError):
         challenge = {"WWW-Authenticate": bearer_challenge()}
         return problem(401, "Authentication required", str(exc), headers=challenge)
+    if isinstance(exc, InvalidRequestError):  # RFC 6750 section 3.1: 400, no description
+        challenge = {"WWW-Authenticate": bearer_challenge("invalid_request")}
+        return problem(400, "Malformed Authorization header", str(exc), headers=challenge)
     if isinstance(exc, TokenRefusedError):
         challenge = {"WWW-Authenticate": bearer_challenge("invalid_token", str(exc))}
         return problem(401, "Invalid token", str(exc), headers=challenge)
@@ -161,7 +169,8 @@ def install_problem_handlers(app: FastAPI, retry_after_s: int) -> None:
         return _refusal(exc)
 
     async def on_keys_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        detail = f"{exc}: tokens cannot be checked now"
+        # Never the message: it names the JWKS URL, which app/auth/keys.py logs as it fails.
+        detail = "the keys that verify tokens are unavailable now; retry later"
         return problem(503, "Token keys unavailable", detail, headers=retry_after)
 
     app.add_exception_handler(AccessRefusedError, on_access_refused)

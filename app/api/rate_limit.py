@@ -1,11 +1,17 @@
 """Per-client rate limits: one token bucket per client, per API process.
 
+Two policies: a customer's token (one that carries a customer_id) acts for one customer, and
+gets API_RATE_LIMIT_PER_S / API_RATE_LIMIT_BURST; a service's or an operator's token (no
+customer) places orders for every customer, and gets the far larger API_SERVICE_RATE_LIMIT_PER_S
+/ API_SERVICE_RATE_LIMIT_BURST, so a shop's backend is not throttled at one customer's rate.
+
 The limit is per process: N API processes behind a balancer let a client through N times the
 configured rate. No lock: each process runs one event loop, and `admit` never awaits.
 
 Refusals carry the IETF RateLimit fields as in draft-ietf-httpapi-ratelimit-headers-10 (the
-structured-field syntax unchanged since -08): `RateLimit-Policy: "client";q=<burst>;w=<seconds
-to refill the whole burst>` and `RateLimit: "client";r=<remaining>;t=<seconds until full>`.
+structured-field syntax unchanged since -08): `RateLimit-Policy: "<policy>";q=<burst>;w=<seconds
+to refill the whole burst>` and `RateLimit: "<policy>";r=<remaining>;t=<seconds until full>`,
+the policy "client" for customers' tokens and "service" for the others.
 The draft models a quota per window; a token bucket of `burst` refilled in `w` seconds is the
 closest such policy (it never lets more than q through at once, and is whole again after w).
 """
@@ -18,10 +24,12 @@ from collections.abc import Callable
 
 from starlette.requests import Request
 
+from app.auth import Principal
 from app.errors import OrdersError
 from app.settings import ApiSettings
 
 POLICY = "client"
+SERVICE_POLICY = "service"
 # At most this many clients' buckets are kept (~150 bytes each). Reaching it drops the buckets
 # that are full again (idle clients: forgetting them changes nothing), then, if that is not
 # enough, the oldest half, so a flood of distinct clients costs bounded memory and amortised
@@ -41,16 +49,23 @@ class RateLimitedError(OrdersError):
 
 
 class RateLimiter:
-    """Token buckets keyed by client. `rate_per_s == 0` or `burst == 0` disables the limit."""
+    """Token buckets keyed by client. `rate_per_s == 0` or `burst == 0` disables the limit.
+
+    `services`, if given, is the limiter of the tokens without a customer (`admit` picks it);
+    without it, every token draws from this one."""
 
     def __init__(
         self,
         rate_per_s: float,
         burst: int,
         *,
+        policy: str = POLICY,
+        services: RateLimiter | None = None,
         max_clients: int = MAX_CLIENTS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.services = services
+        self.name = policy
         self.enabled = rate_per_s > 0 and burst > 0
         self.rate = rate_per_s
         self.burst = float(burst)
@@ -59,11 +74,15 @@ class RateLimiter:
         # client -> [tokens, last refill instant]; a list, not an object: cheapest to update.
         self.buckets: dict[str, list[float]] = {}
         window = math.ceil(burst / rate_per_s) if self.enabled else 0
-        self.policy = f'"{POLICY}";q={burst};w={window}'
+        self.policy = f'"{policy}";q={burst};w={window}'
 
     @classmethod
     def from_settings(cls, api: ApiSettings) -> RateLimiter:
-        return cls(api.rate_limit_per_s, api.rate_limit_burst)
+        """Customers' tokens' limiter, holding the services' one."""
+        services = cls(
+            api.service_rate_limit_per_s, api.service_rate_limit_burst, policy=SERVICE_POLICY
+        )
+        return cls(api.rate_limit_per_s, api.rate_limit_burst, services=services)
 
     def take(self, client: str) -> None:
         """Spend one token of `client`'s bucket, or raise RateLimitedError when it is empty."""
@@ -92,7 +111,7 @@ class RateLimiter:
         headers = {
             "Retry-After": str(retry_after),
             "RateLimit-Policy": self.policy,
-            "RateLimit": f'"{POLICY}";r=0;t={until_full}',
+            "RateLimit": f'"{self.name}";r=0;t={until_full}',
         }
         return RateLimitedError(retry_after, headers)
 
@@ -110,8 +129,11 @@ class RateLimiter:
                 del self.buckets[client]
 
 
-def admit(request: Request, client: str) -> None:
-    """Take one token from `client`'s bucket in this app's limiter; raise RateLimitedError (429
-    with Retry-After and RateLimit fields, app/api/problems.py) when it is empty."""
+def admit(request: Request, principal: Principal) -> None:
+    """Take one token from the principal's client's bucket, under the customers' or the
+    services' policy (whether it has a customer); raise RateLimitedError (429 with Retry-After
+    and RateLimit fields, app/api/problems.py) when it is empty."""
     limiter: RateLimiter = request.app.state.rate_limiter
-    limiter.take(client)
+    if principal.customer is None and limiter.services is not None:
+        limiter = limiter.services
+    limiter.take(principal.client_key)

@@ -3,6 +3,7 @@
 from app.auth.errors import (
     AccessRefusedError,
     InsufficientScopeError,
+    InvalidRequestError,
     KeysUnavailableError,
     MissingTokenError,
     OtherCustomerError,
@@ -19,6 +20,7 @@ __all__ = [
     "WRITE",
     "AccessRefusedError",
     "InsufficientScopeError",
+    "InvalidRequestError",
     "KeySet",
     "KeysUnavailableError",
     "MissingTokenError",

@@ -16,6 +16,11 @@ class MissingTokenError(AccessRefusedError):
         super().__init__("this operation needs a bearer access token")
 
 
+class InvalidRequestError(AccessRefusedError):
+    """A malformed Authorization: repeated, or a Bearer scheme without a token (400,
+    `error="invalid_request"`, RFC 6750 section 3.1)."""
+
+
 class TokenRefusedError(AccessRefusedError):
     """A bearer token that is not valid here (401, `error="invalid_token"`).
 
@@ -40,6 +45,7 @@ class OtherCustomerError(AccessRefusedError):
 
 
 class KeysUnavailableError(OrdersError):
-    """The configured JWKS could not be fetched, so no token can be checked (503)."""
+    """The configured JWKS could not be fetched, so no token can be checked (503). The message
+    names the JWKS URL: it is for the log, and the client is told only that keys are missing."""
 
     retriable = True

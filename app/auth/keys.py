@@ -6,10 +6,15 @@ of any other kind in a JWKS are skipped, symmetric ("oct") ones included, so HS2
 accepted, even signed with a public key's bytes (the classic algorithm confusion).
 
 Rotation: an issuer publishes the new key beside the old one, then signs with it, then removes
-the old one. A JWKS file is read again when it changed, looked at for each token not verified
-before; a JWKS URL is fetched again for a `kid` not seen yet (at most once per
-AUTH_JWKS_REFRESH_COOLDOWN_S) and once its keys are AUTH_JWKS_MAX_AGE_S old, so a key removed
-from it stops verifying new tokens by then.
+the old one. A JWKS file is read again when it changed, looked at for each token verified (a
+token not seen before, or one remembered for long enough: app/auth/verifier.py); a JWKS URL is
+fetched again for a `kid` not seen yet (at most once per AUTH_JWKS_REFRESH_COOLDOWN_S) and once
+its keys are AUTH_JWKS_MAX_AGE_S old, so a key removed from it stops verifying tokens by then.
+
+Each key set has a generation, which a reload moves on when it removes a key or replaces one
+under the same kid (adding keys leaves it be). The verifier remembers the generation each token
+was verified under, so the tokens of a removed key, remembered or not, stop working as soon as
+the set is reloaded without it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from jwt import PyJWK, PyJWKClient
 from jwt.exceptions import PyJWKClientError, PyJWTError
 
@@ -68,12 +74,34 @@ def keys_of(jwks: Any) -> dict[str, PyJWK]:
     return found
 
 
+def public_material(key: PyJWK) -> bytes:
+    """The public key's bytes (DER), to tell whether a kid still names the same key."""
+    found = key.key
+    public = found.public_key() if hasattr(found, "public_key") else found  # a JWK with "d"
+    der: bytes = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
+
+
 class KeySet(ABC):
     """The keys tokens may be signed with. `key` may reload them (on an unknown kid)."""
 
     def __init__(self) -> None:
         self.keys: dict[str, PyJWK] = {}
+        # Moves on when a reload removes or replaces a key (app/auth/verifier.py reads it).
+        self.generation = 0
         self._reloading = asyncio.Lock()
+
+    def publish(self, keys: dict[str, PyJWK]) -> None:
+        """Use `keys` from now on; a key gone or changed moves the generation on."""
+        kept = all(
+            kid in keys and public_material(keys[kid]) == public_material(old)
+            for kid, old in self.keys.items()
+        )
+        if not kept:
+            self.generation += 1
+        self.keys = keys
 
     async def start(self) -> None:
         await self.reload()
@@ -109,7 +137,7 @@ class LocalKey(KeySet):
         self.path = path
 
     async def reload(self) -> None:
-        self.keys = keys_of({"keys": [public_jwk(local_signing_key(self.path))]})
+        self.publish(keys_of({"keys": [public_jwk(local_signing_key(self.path))]}))
 
 
 class JwksFile(KeySet):
@@ -145,7 +173,8 @@ class JwksFile(KeySet):
                 raise ConfigurationError(msg) from exc
             log.warning("AUTH_JWKS_FILE %s unreadable, keeping its last keys: %s", self.path, exc)
             return
-        self.keys, self._read = keys_of(document), signature
+        self.publish(keys_of(document))
+        self._read = signature
         log.info("JWKS file %s: %d usable key(s)", self.path, len(self.keys))
 
 
@@ -169,8 +198,8 @@ class JwksUrl(KeySet):
     async def start(self) -> None:
         try:
             await self.reload()
-        except KeysUnavailableError as exc:  # the issuer may come up later: not fatal
-            log.error("%s; tokens are refused (503) until it answers", exc)  # noqa: TRY400
+        except KeysUnavailableError:  # the issuer may come up later: not fatal (reload logged it)
+            log.error("no JWKS yet: tokens are refused (503) until %s answers", self.uri)  # noqa: TRY400
 
     async def key(self, kid: str) -> PyJWK | None:
         found = await super().key(kid)
@@ -187,9 +216,11 @@ class JwksUrl(KeySet):
             if self.keys:  # keep serving the last keys through an issuer's blip
                 log.warning("JWKS %s did not answer, keeping its last keys: %s", self.uri, exc)
                 return
+            log.warning("JWKS %s did not answer: %s", self.uri, exc)
             msg = f"the JWKS at {self.uri} did not answer"
             raise KeysUnavailableError(msg) from exc
-        self.keys, self._fetched_at = keys_of(document), time.monotonic()
+        self.publish(keys_of(document))
+        self._fetched_at = time.monotonic()
         log.info("JWKS %s: %d usable key(s)", self.uri, len(self.keys))
 
     @property

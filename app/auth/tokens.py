@@ -7,7 +7,9 @@ A token is accepted when all of these hold:
   the same issuer with the same keys, is not an access token (RFC 9068 section 4);
 - its `alg` is the algorithm pinned for the key its `kid` names; `none` and HS* never are;
 - the signature verifies; `iss` and `aud` are the configured ones (`aud` may be a list);
-- `exp` is in the future and `nbf`/`iat` not, each within AUTH_LEEWAY_S of clock skew;
+- `exp` is in the future and `nbf`/`iat` not, each within AUTH_LEEWAY_S of clock skew; each is
+  a NumericDate (RFC 7519 section 2): a JSON number, finite as a float; a string, a boolean,
+  10**400 or 1e400 (infinity) is refused, not converted;
 - it carries every claim RFC 9068 requires: iss, exp, aud, sub, client_id, iat, jti.
 
 Who acts (the Principal):
@@ -22,6 +24,8 @@ Who acts (the Principal):
 from __future__ import annotations
 
 import json
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,9 +109,11 @@ def key_id(token: str) -> str:
     return kid
 
 
-def verify(token: str, key: PyJWK, rules: TokenRules) -> tuple[Principal, float]:
+def verify(
+    token: str, key: PyJWK, rules: TokenRules, now: float | None = None
+) -> tuple[Principal, float]:
     """The token's principal and its expiry (Unix seconds); TokenRefusedError if it is not
-    acceptable with this key (the one its kid names)."""
+    acceptable with this key (the one its kid names) at `now` (default: the clock)."""
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
@@ -115,12 +121,55 @@ def verify(token: str, key: PyJWK, rules: TokenRules) -> tuple[Principal, float]
             algorithms=[key.algorithm_name],  # pinned by the key, whatever the token says
             audience=rules.audience,
             issuer=rules.issuer,
-            leeway=rules.leeway_s,
-            options={"require": REQUIRED_CLAIMS, "enforce_minimum_key_length": True},
+            # The times are checked below: PyJWT would take "9999999999" (a string) for a date.
+            options={
+                "require": REQUIRED_CLAIMS,
+                "enforce_minimum_key_length": True,
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+            },
         )
     except PyJWTError as exc:
         raise TokenRefusedError(_why(exc)) from exc
-    return principal_of(claims), float(claims["exp"])
+    expires = _check_times(claims, time.time() if now is None else now, rules.leeway_s)
+    return principal_of(claims), expires
+
+
+def numeric_date(claims: dict[str, Any], name: str) -> float | None:
+    """The claim as a NumericDate (None if absent); TokenRefusedError unless it is a JSON number
+    (not a bool, not a string) that is finite as a float."""
+    value = claims.get(name)
+    if value is None:
+        return None
+    if type(value) is not int and type(value) is not float:  # bool is an int subclass: refused
+        raise TokenRefusedError(_NOT_A_DATE)
+    try:
+        seconds = float(value)  # an int beyond 1.8e308 overflows
+    except OverflowError:
+        raise TokenRefusedError(_NOT_A_DATE) from None
+    if not math.isfinite(seconds):
+        raise TokenRefusedError(_NOT_A_DATE)
+    return seconds
+
+
+_NOT_A_DATE = "the token's exp, nbf and iat claims must be finite numbers (NumericDate)"
+
+
+def _check_times(claims: dict[str, Any], now: float, leeway_s: float) -> float:
+    """The expiry, once exp, nbf and iat are numbers and allow `now` (within the leeway)."""
+    expires, not_before, issued = (numeric_date(claims, name) for name in ("exp", "nbf", "iat"))
+    if expires is None:  # PyJWT checked every required claim is there: never so
+        msg = "the token lacks the exp claim"
+        raise TokenRefusedError(msg)
+    if expires <= now - leeway_s:
+        msg = "the token has expired"
+        raise TokenRefusedError(msg)
+    for instant in (not_before, issued):
+        if instant is not None and instant > now + leeway_s:
+            msg = "the token is not valid yet (nbf or iat in the future)"
+            raise TokenRefusedError(msg)
+    return expires
 
 
 def principal_of(claims: dict[str, Any]) -> Principal:

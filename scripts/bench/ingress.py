@@ -227,6 +227,7 @@ def main() -> int:
         "LOG_LEVEL": "WARNING",
         # One client sends everything: a per-client rate limit would measure itself.
         "API_RATE_LIMIT_PER_S": "0",
+        "API_SERVICE_RATE_LIMIT_PER_S": "0",
         "AUTH_ENABLED": "true",
         "AUTH_LOCAL_KEY_FILE": str(auth.local_key_file.resolve()),
     }

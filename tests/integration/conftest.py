@@ -98,9 +98,10 @@ def make_settings(endpoints: Endpoints, database_url: str, **worker: object) -> 
             dlq_topic=f"orders-{run}.DLQ",
         ),
         database=DatabaseSettings(url=database_url),  # type: ignore[arg-type]
-        # No per-client rate limit: every test client is the same service, placing orders far
-        # faster than one client may; the rate limit's own tests set theirs.
-        api=ApiSettings(ack_deadline_s=3.0, rate_limit_per_s=0),
+        # No per-client rate limit (customers' or services'): every test client is the same
+        # service, placing orders far faster than one client may; the rate limit's own tests
+        # set theirs (test_authorization.py runs the defaults).
+        api=ApiSettings(ack_deadline_s=3.0, rate_limit_per_s=0, service_rate_limit_per_s=0),
         worker=WorkerSettings(group_id=f"order-workers-{run}", **worker),  # type: ignore[arg-type]
         auth=AuthSettings(local_key_file=TEST_SIGNING_KEY),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +28,22 @@ class Connection:
         self.writer = writer
 
     @classmethod
-    async def open(cls, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    async def open(cls, port: int, receive_buffer: int | None = None) -> Connection:
+        """A connection; with `receive_buffer`, its socket's SO_RCVBUF (set before connecting:
+        a small one makes the server's send buffer fill while the client does not read)."""
+        if receive_buffer is None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+            return cls(reader, writer)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
         return cls(reader, writer)
+
+    def push(self, data: bytes) -> None:
+        """Send without waiting for the server to take it (the rest is buffered here)."""
+        self.writer.write(data)
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)

@@ -40,6 +40,8 @@ BODY_TIMEOUT_S = 2
 KEEP_ALIVE_S = 2
 MAX_CONNECTIONS = 20
 MAX_IN_FLIGHT = 3
+WRITE_TIMEOUT_S = 2
+MAX_HEADER_BYTES = 16 * 1024  # the default
 # Each limit must act within its timeout plus this: the deadline check runs a few times a second
 # (app/api/edge_protocol.py), and the machine is shared.
 SLACK_S = 2.0
@@ -51,6 +53,7 @@ EDGE = {
     "API_KEEP_ALIVE_TIMEOUT_S": str(KEEP_ALIVE_S),
     "API_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
     "API_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
+    "API_WRITE_TIMEOUT_S": str(WRITE_TIMEOUT_S),
 }
 
 
@@ -308,12 +311,13 @@ async def test_no_response_carries_a_location_built_from_the_host_header(edge_ap
 async def test_a_burst_over_the_rate_limit_is_refused_429_per_client(
     settings: Settings, tmp_path: Path
 ) -> None:
+    # Customers' tokens' limit (a service's is API_SERVICE_RATE_LIMIT_*, far higher).
     limits = {"API_RATE_LIMIT_PER_S": "2", "API_RATE_LIMIT_BURST": "5"}
     async with (
         running_api(settings, tmp_path, **limits) as api,
         httpx.AsyncClient(base_url=api.base_url, timeout=10.0) as client,
     ):
-        mine = bearer(token_for(settings))
+        mine = bearer(token_for(settings, subject="shopper-1", customer="c-1"))
         within = [
             await client.post("/orders", json=order_body("c-1", n), headers=mine) for n in range(5)
         ]
@@ -329,7 +333,7 @@ async def test_a_burst_over_the_rate_limit_is_refused_429_per_client(
         assert over.headers["ratelimit"].startswith('"client";r=0;t=')
 
         # Another client has a bucket of its own.
-        theirs = bearer(token_for(settings, subject="another-service"))
+        theirs = bearer(token_for(settings, subject="shopper-2", customer="c-2"))
         other = await client.post("/orders", json=order_body("c-2", 1), headers=theirs)
         assert other.status_code == 202
 
@@ -411,6 +415,192 @@ async def test_a_flood_while_kafka_is_down_gets_fast_503s_and_memory_stays_bound
         growth = peak - before
         assert growth < 32 * MiB, f"RSS grew {growth / MiB:.1f} MiB during a {flood_s:.1f} s flood"
         print(f"flood: {len(timings)} answers in {flood_s:.1f} s, RSS +{growth / MiB:.1f} MiB")
+
+
+async def test_a_connection_answered_before_its_body_is_closed_once_idle(edge_api: Api) -> None:
+    # Answered at once (415: no JSON; 413: too large), then the body arrives, then silence.
+    heads = [
+        b"POST /orders HTTP/1.1\r\nHost: orders\r\nContent-Length: 10\r\n\r\n",
+        b"POST /orders HTTP/1.1\r\nHost: orders\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 999999\r\n\r\n",
+    ]
+    for head, status in zip(heads, (415, 413), strict=True):
+        connection = await edge_api.connect()
+        try:
+            await connection.send(head)
+            assert (await connection.response()).status == status
+            await asyncio.sleep(0.2)
+            await connection.send(b"0123456789")
+            idle = await connection.closed_within(KEEP_ALIVE_S + SLACK_S)
+            assert idle is not None, "held open after an early answer"
+        finally:
+            connection.close()
+
+
+async def test_blank_lines_after_a_response_do_not_keep_a_connection_open(edge_api: Api) -> None:
+    connection = await edge_api.connect()
+    try:
+        await connection.send(request("GET", "/healthz"))
+        assert (await connection.response()).status == 200
+
+        async def blank_lines() -> None:
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    await connection.send(b"\r\n")
+                    await asyncio.sleep(0.5)
+
+        sending = asyncio.create_task(blank_lines())
+        try:
+            answer = await connection.response(timeout=HEAD_TIMEOUT_S + SLACK_S)
+            assert_problem(answer, 408)
+        finally:
+            sending.cancel()
+    finally:
+        connection.close()
+
+
+def chunked_post(path: str, body: bytes, size: int, trailer: bytes = b"") -> bytes:
+    head = request("POST", path, headers={"Content-Type": "application/json"})
+    head = head.replace(b"Content-Length: 0", b"Transfer-Encoding: chunked")
+    chunks = [body[index : index + size] for index in range(0, len(body), size)]
+    framed = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks)
+    return head + framed + b"0\r\n" + trailer + b"\r\n"
+
+
+async def test_a_chunked_order_is_accepted(edge_api: Api) -> None:
+    answer = await edge_api.exchange(chunked_post("/orders", order_body_bytes(), 16, b"X-T: 1\r\n"))
+    assert answer.status == 202, answer
+
+
+async def test_a_huge_chunked_trailer_is_refused_without_stalling_the_server(edge_api: Api) -> None:
+    # The review's reproduction: 60 MiB of trailer froze /healthz for 6 s and grew the process.
+    before = edge_api.rss()
+    connection = await edge_api.connect()
+    try:
+        await connection.send(chunked_post("/orders", b"{}", 2)[:-2] + b"X-T: ")
+        # Read while sending: the server drops the rest, then resets the connection.
+        answer = asyncio.create_task(connection.response())
+        connection.push(b"a" * (16 * MiB) + b"\r\n\r\n")
+        started = time.monotonic()
+        assert (await edge_api.exchange(request("GET", "/healthz"))).status == 200
+        assert time.monotonic() - started < 1.0
+        assert_problem(await answer, 413)
+    finally:
+        connection.close()
+    assert edge_api.rss() - before < 8 * MiB
+
+
+async def test_pipelined_requests_are_answered_in_order(edge_api: Api) -> None:
+    # Probes (GET 200, DELETE 405) are outside the in-flight cap: every answer is the app's.
+    pair = request("GET", "/healthz") + request("DELETE", "/healthz")
+    connections = [await edge_api.connect() for _ in range(4)]
+    try:
+        for connection in connections:
+            await connection.send(pair * 150)
+        for connection in connections:
+            statuses = [(await connection.response()).status for _ in range(300)]
+            assert statuses == [200, 405] * 150
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+async def test_a_pipelined_flood_is_not_parsed_ahead_and_memory_stays_bounded(
+    edge_api: Api,
+) -> None:
+    # The review's reproduction: 256 KiB of pipelined requests a read became ~7,000 queued
+    # requests per connection (60 connections: +870 MiB). Now at most 1 + API_MAX_PIPELINED
+    # per connection are parsed; the rest waits unread. The clients do not read either: after
+    # the write timeout, they are cut off.
+    one = request("GET", "/healthz")
+    flood = one * (256 * 1024 // len(one))
+    before = edge_api.rss()
+    peak = before
+    connections = [await Connection.open(edge_api.port, receive_buffer=4096) for _ in range(12)]
+    try:
+        for connection in connections:
+            connection.push(flood)
+        for _ in range(30):
+            await asyncio.sleep(0.05)
+            peak = max(peak, edge_api.rss())
+        # 12 x ~14 MiB without the limit; 12 x at most a read (256 KiB) held with it.
+        assert peak - before < 24 * MiB, f"RSS grew {(peak - before) / MiB:.1f} MiB"
+        assert (await edge_api.exchange(request("GET", "/healthz"))).status == 200
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+async def test_clients_that_never_read_are_cut_off_after_the_write_timeout(edge_api: Api) -> None:
+    # The review's reproduction: clients pipelining requests and reading no answer held every
+    # in-flight place for good (each app waiting for the send buffer to drain).
+    flood = request("GET", "/no-such-path") * 40_000
+    readers = [await Connection.open(edge_api.port, receive_buffer=4096) for _ in range(3)]
+    try:
+        for reader in readers:
+            reader.push(flood)
+        fresh = request("GET", f"/orders/{uuid.uuid4()}")
+        started = time.monotonic()
+        while (await edge_api.exchange(fresh)).status != 503:
+            assert time.monotonic() - started < 20, "the non-readers never filled the cap"
+            await asyncio.sleep(0.2)
+        saturated = time.monotonic()
+        while (status := (await edge_api.exchange(fresh)).status) == 503:
+            assert time.monotonic() - saturated < WRITE_TIMEOUT_S + 2 * SLACK_S, "still held"
+            await asyncio.sleep(0.2)
+        assert status == 404
+        for reader in readers:
+            assert await reader.closed_within(5) is not None  # aborted
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+async def test_a_pipelined_head_refused_after_a_body_waits_for_the_earlier_answer(
+    edge_api: Api,
+) -> None:
+    # The next head starts in the same write as the body before it: counted from its first
+    # byte (a head of exactly the limit is served, one byte more is refused), and its refusal
+    # comes after the earlier request's answer, not instead of it.
+    first = request("POST", "/orders", b"{", headers={"Content-Type": "application/json"})
+    for extra, statuses in ((0, [400, 200]), (1, [400, 431])):
+        start = b"GET /healthz HTTP/1.1\r\nHost: orders\r\nX-Pad: "
+        pad = b"a" * (MAX_HEADER_BYTES + extra - len(start) - 4)
+        connection = await edge_api.connect()
+        try:
+            await connection.send(first + start + pad + b"\r\n\r\n")
+            assert [(await connection.response()).status for _ in statuses] == statuses
+        finally:
+            connection.close()
+
+
+async def test_every_request_on_a_keep_alive_connection_may_carry_60_headers(
+    edge_api: Api,
+) -> None:
+    headers = {f"X-H{index}": "v" for index in range(59)}  # and Host
+    connection = await edge_api.connect()
+    try:
+        for _ in range(5):
+            await connection.send(request("GET", "/healthz", headers=headers))
+            assert (await connection.response()).status == 200
+    finally:
+        connection.close()
+
+
+async def test_a_websocket_upgrade_gets_an_ordinary_answer_with_the_hygiene_headers(
+    edge_api: Api,
+) -> None:
+    upgrade = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }
+    for path, status in (("/healthz", 200), ("/orders", 405)):
+        answer = await edge_api.exchange(request("GET", path, headers=upgrade))
+        assert answer.status == status, answer
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["connection"] == "close"
 
 
 def free_port_pair() -> int:

@@ -3,6 +3,7 @@ token gets its documented status, and no refused request puts anything on the to
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -21,9 +22,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import contract
+from app.api import health
+from app.api.deps import Resources
 from app.auth import mint
 from app.auth.local_key import local_signing_key, public_jwk
-from app.settings import Settings
+from app.settings import ApiSettings, Settings
 from tests.integration.api_client import api_client, bearer, order_body, token_for
 from tests.integration.kafka_tools import read_topic
 from tests.integration.oracle import Expectations, wait_until_stored
@@ -136,9 +139,13 @@ async def test_every_route_gives_every_token_its_documented_answer_and_refusals_
 
     async with api_client(settings, authenticated=False) as client:
 
-        async def call(route: tuple[str, str, Any], token: str | None) -> httpx.Response:
+        async def call(
+            route: tuple[str, str, Any], token: str | None, *more: str
+        ) -> httpx.Response:
             method, path, body = route
-            headers = bearer(token) if token else {}
+            headers = [("Authorization", f"Bearer {each}") for each in (token, *more) if each]
+            if token == "":  # the Bearer scheme without a token
+                headers = [("Authorization", "Bearer")]
             response = await client.request(method, path, json=body, headers=headers)
             if response.status_code == 202:
                 accepted.append(response.json()["order_id"])
@@ -150,6 +157,19 @@ async def test_every_route_gives_every_token_its_documented_answer_and_refusals_
             missing = await call(route, None)
             assert_refused(missing, 401, f"{name}, no token")
             assert missing.headers["www-authenticate"] == CHALLENGE, name
+
+            # RFC 6750 section 3.1: a malformed request, whatever its tokens are worth.
+            malformed = {
+                "two Authorization headers": await call(
+                    route, tokens.alice_token, tokens.service_token
+                ),
+                "an empty bearer token": await call(route, ""),
+            }
+            for case, response in malformed.items():
+                assert_refused(response, 400, f"{name}, {case}")
+                assert response.headers["www-authenticate"] == (
+                    f'{CHALLENGE}, error="invalid_request"'
+                ), case
 
             for case, token in tokens.refused_as_invalid.items():
                 refused = await call(route, token)
@@ -282,3 +302,66 @@ async def test_with_authentication_off_anyone_acts_as_a_service_and_it_is_logged
     assert placed.status_code == 202
     assert listed.status_code == 200
     assert any("authentication is OFF" in record.message for record in caplog.records)
+
+
+async def test_concurrent_readiness_probes_share_one_check(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/readyz is open, so a crowd of probers must not become a crowd of database connections
+    and Kafka round trips (it made most probes answer 503 and tied up the pool)."""
+    checks = 0
+    real_check = health.dependencies_ready
+
+    async def counted(resources: Resources) -> bool:
+        nonlocal checks
+        checks += 1
+        return await real_check(resources)
+
+    monkeypatch.setattr(health, "dependencies_ready", counted)
+    async with api_client(settings, authenticated=False) as client:
+        probes = await asyncio.gather(*(client.get("/readyz") for _ in range(300)))
+        assert [probe.status_code for probe in probes] == [200] * 300
+        assert all(probe.json() == {"status": "ok"} for probe in probes)
+        assert 1 <= checks <= 2
+        first_round = checks
+        again = await client.get("/readyz")  # within the second: the last check answers
+        assert again.status_code == 200
+        assert checks == first_round
+        await asyncio.sleep(health.READY_CACHE_S + 0.1)
+        assert (await client.get("/readyz")).status_code == 200
+        assert checks == first_round + 1  # then checked again
+
+
+async def test_the_default_rate_limits_hold_a_customer_to_its_burst_but_not_a_service(
+    settings: Settings, run_id: str
+) -> None:
+    """With the default limits (no override; the other tests turn them off), a service, which
+    places orders for every customer, is not throttled at one customer's burst."""
+    api = ApiSettings.model_construct()  # the fields' defaults: no environment, no .env
+    assert (api.rate_limit_per_s, api.rate_limit_burst) == (100, 200)
+    assert (api.service_rate_limit_per_s, api.service_rate_limit_burst) == (2000, 4000)
+    customer = f"{run_id}-alice"
+    alice = bearer(token_for(settings, f"{run_id}-alice-user", customer=customer))
+    backend = bearer(token_for(settings, f"{run_id}-backend"))
+    async with api_client(settings.model_copy(update={"api": api}), authenticated=False) as client:
+
+        async def burst(headers: dict[str, str], requests: int) -> list[httpx.Response]:
+            return await asyncio.gather(
+                *(
+                    client.post("/orders/validate", json=order_body(customer, n), headers=headers)
+                    for n in range(requests)
+                )
+            )
+
+        started = time.monotonic()
+        answers = await burst(alice, 300)
+        took_s = time.monotonic() - started
+        admitted = [answer for answer in answers if answer.status_code == 200]
+        refused = [answer for answer in answers if answer.status_code == 429]
+        # The burst, plus what 100 a second refilled while the requests were answered.
+        assert 200 <= len(admitted) <= 200 + 100 * took_s + 1, (len(admitted), took_s)
+        assert len(admitted) + len(refused) == 300
+        assert refused[0].headers["ratelimit-policy"] == '"client";q=200;w=2'
+
+        # Twice a customer's burst at once: a service acts for every customer.
+        assert [answer.status_code for answer in await burst(backend, 400)] == [200] * 400

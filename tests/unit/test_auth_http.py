@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI
 from starlette.requests import Request
 
 from app.api.authn import BearerRoute, bearer, bearer_token, required_scope
-from app.api.problems import bearer_challenge
-from app.auth import MissingTokenError, TokenRefusedError
+from app.api.problems import bearer_challenge, install_problem_handlers
+from app.auth import InvalidRequestError, KeysUnavailableError, MissingTokenError
 
 
 def request_with(*authorization: bytes) -> Request:
@@ -27,12 +28,46 @@ def test_no_bearer_token_is_a_missing_token(authorization: tuple[bytes, ...]) ->
         bearer_token(request_with(*authorization))
 
 
-def test_an_empty_or_repeated_token_is_refused() -> None:
+def test_an_empty_or_repeated_token_is_a_malformed_request() -> None:
     for empty in (b"Bearer", b"Bearer    "):
-        with pytest.raises(TokenRefusedError, match="empty"):
+        with pytest.raises(InvalidRequestError, match="empty"):
             bearer_token(request_with(empty))
-    with pytest.raises(TokenRefusedError, match="one Authorization"):
+    with pytest.raises(InvalidRequestError, match="one Authorization"):
         bearer_token(request_with(b"Bearer a.b.c", b"Bearer d.e.f"))
+    with pytest.raises(InvalidRequestError, match="one Authorization"):
+        bearer_token(request_with(b"Bearer a.b.c", b"Basic dXNlcjpwYXNz"))
+
+
+async def answer_to(error: Exception) -> httpx.Response:
+    """The problem the app's handlers make of `error`, raised by a route."""
+    app = FastAPI()
+    install_problem_handlers(app, retry_after_s=2)
+
+    @app.get("/raise")
+    async def raising() -> None:
+        raise error
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://orders") as client:
+        return await client.get("/raise")
+
+
+async def test_a_malformed_authorization_is_400_invalid_request() -> None:
+    """RFC 6750 section 3.1: invalid_request is 400, not the 401 of invalid_token."""
+    answer = await answer_to(InvalidRequestError("send one Authorization header"))
+    assert answer.status_code == 400
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.headers["www-authenticate"] == 'Bearer realm="orders", error="invalid_request"'
+    assert answer.json()["detail"] == "send one Authorization header"
+
+
+async def test_unavailable_keys_say_so_without_naming_the_jwks() -> None:
+    url = "https://issuer.internal.example/.well-known/jwks.json"
+    answer = await answer_to(KeysUnavailableError(f"the JWKS at {url} did not answer"))
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "2"
+    assert answer.json()["detail"] == "the keys that verify tokens are unavailable now; retry later"
+    assert "issuer.internal" not in answer.text
 
 
 def test_the_challenges_are_rfc_6750s() -> None:

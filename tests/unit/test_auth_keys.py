@@ -19,7 +19,7 @@ from app.auth import KeysUnavailableError, TokenRules, TokenVerifier, local_toke
 from app.auth.keys import JwksUrl, LocalKey, key_set
 from app.auth.local_key import local_signing_key, public_jwk, thumbprint
 from app.errors import ConfigurationError
-from app.settings import AuthSettings
+from app.settings import AuthSettings, load_settings
 
 
 def test_the_local_key_is_made_once_readable_by_its_owner_only(tmp_path: Path) -> None:
@@ -82,6 +82,45 @@ def test_minting_refuses_unknown_scopes_and_long_lives() -> None:
 def test_both_jwks_sources_at_once_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="not both"):
         AuthSettings(jwks_file=Path("/x.json"), jwks_url="https://issuer.example/jwks")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://issuer.example/.well-known/jwks.json",
+        "HTTPS://issuer.example/jwks",
+        "http://127.0.0.1:8080/jwks",
+        "http://localhost/jwks",
+        "http://[::1]:9000/jwks",
+    ],
+)
+def test_a_jwks_url_is_https_or_on_loopback(url: str) -> None:
+    assert AuthSettings(jwks_url=url).jwks_url == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://issuer.example/jwks",
+        "http://127.0.0.1.evil.example/jwks",
+        "http://localhost.evil.example/jwks",
+        "http://10.0.0.1/jwks",
+        "ftp://issuer.example/jwks",
+        "file:///etc/jwks.json",
+        "https:///jwks",
+        "http://[::1/jwks",
+        "issuer.example/jwks",
+    ],
+)
+def test_a_jwks_url_over_plain_http_off_the_machine_is_refused_naming_the_variable(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ValueError, match="AUTH_JWKS_URL must be an https:// URL"):
+        AuthSettings(jwks_url=url)
+    monkeypatch.chdir("/")  # no .env
+    monkeypatch.setenv("AUTH_JWKS_URL", url)
+    with pytest.raises(ConfigurationError, match="AUTH_JWKS_URL"):
+        load_settings()
 
 
 class JwksServer:
@@ -150,3 +189,19 @@ async def test_a_jwks_url_that_never_answered_makes_tokens_uncheckable_not_inval
     await keys.start()  # logged, not fatal: the issuer may come up later
     with pytest.raises(KeysUnavailableError):
         await keys.key("any")
+
+
+async def test_a_jwks_url_reload_moves_the_generation_on_only_when_a_key_goes(
+    jwks_server: JwksServer,
+) -> None:
+    old, new = (public_jwk(ec.generate_private_key(ec.SECP256R1())) for _ in range(2))
+    jwks_server.document = {"keys": [old]}
+    keys = JwksUrl(jwks_server.url, max_age_s=300, cooldown_s=0, timeout_s=2)
+    await keys.start()
+    first = keys.generation
+    jwks_server.document = {"keys": [old, new]}
+    await keys.reload()  # the same keys, one added: remembered tokens stay good
+    assert keys.generation == first
+    jwks_server.document = {"keys": [new]}
+    await keys.reload()
+    assert keys.generation == first + 1

@@ -301,3 +301,85 @@ async def test_a_token_signed_with_an_rsa_key_of_the_jwks_is_accepted(tmp_path: 
     await verifier.start()
     token = jwt.encode(claims(), key, algorithm="RS256", headers={"typ": "at+jwt", "kid": "r1"})
     assert (await verifier.principal(token)).subject == "service-a"
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize(
+    "value",
+    ["9999999999", True, 10**400, float("inf"), float("nan"), [1], {"n": 1}],
+    ids=["string", "bool", "10**400", "infinity", "nan", "list", "object"],
+)
+async def test_a_date_claim_must_be_a_finite_number(
+    issuer: Issuer, verifier: TokenVerifier, claim: str, value: Any
+) -> None:
+    """RFC 7519's NumericDate is a JSON number: a string that looks like one is refused, and a
+    number too large for a float is refused (it was an OverflowError, a 500)."""
+    why = await refusal(verifier, issuer.token(**{claim: value}))
+    assert why == "the token's exp, nbf and iat claims must be finite numbers (NumericDate)"
+
+
+async def test_a_date_claim_may_be_a_fraction(issuer: Issuer, verifier: TokenVerifier) -> None:
+    now = time.time()
+    assert await verifier.principal(issuer.token(iat=now - 0.5, nbf=now - 0.25, exp=now + 60.5))
+
+
+async def test_removing_a_key_ends_its_remembered_tokens_at_the_next_reload(
+    issuer: Issuer, verifier: TokenVerifier, tmp_path: Path
+) -> None:
+    (tmp_path / "next").mkdir()
+    rotated = Issuer(tmp_path / "next")
+    issuer.publish(issuer.jwk, rotated.jwk)
+    old_token = issuer.token(jti="signed-with-the-old-key")
+    assert await verifier.principal(old_token)  # remembered now
+    assert await verifier.principal(rotated.token(jti="the-new-key"))  # adding keeps it
+    assert await verifier.principal(old_token)
+    issuer.publish(rotated.jwk)  # the old key removed (compromised, say)
+    assert await verifier.principal(rotated.token(jti="another"))  # the set is reloaded
+    assert "does not know" in await refusal(verifier, old_token)
+
+
+async def test_a_key_replaced_under_the_same_kid_ends_its_remembered_tokens(
+    issuer: Issuer, tmp_path: Path
+) -> None:
+    keys = JwksFile(issuer.jwks)
+    verifier = TokenVerifier(keys, RULES)
+    await verifier.start()
+    token = issuer.token()
+    assert await verifier.principal(token)
+    (tmp_path / "other").mkdir()
+    impostor = Issuer(tmp_path / "other")
+    issuer.publish({**impostor.jwk, "kid": issuer.kid})  # same kid, another key
+    await keys.reload()
+    assert await refusal(verifier, token) == "the token's signature does not verify"
+
+
+async def test_a_remembered_token_is_verified_again_after_five_minutes(
+    issuer: Issuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.auth import verifier as verifier_module
+
+    verified: list[str] = []
+    real_verify = verifier_module.verify
+
+    def counting_verify(token: str, *args: Any) -> Any:
+        verified.append(token)
+        return real_verify(token, *args)
+
+    monkeypatch.setattr(verifier_module, "verify", counting_verify)
+    now = [time.time()]
+    verifier = TokenVerifier(JwksFile(issuer.jwks), RULES, clock=lambda: now[0])
+    await verifier.start()
+    token = issuer.token(exp=1e308)  # however far its expiry, it is not trusted forever
+    for _ in range(3):
+        await verifier.principal(token)
+    assert len(verified) == 1
+    now[0] += 299
+    await verifier.principal(token)
+    assert len(verified) == 1
+    now[0] += 2
+    await verifier.principal(token)
+    assert len(verified) == 2
+    issuer.publish()  # the key removed, and no new token: noticed at the next verification
+    assert await verifier.principal(token)
+    now[0] += 301
+    assert "does not know" in await refusal(verifier, token)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+from types import SimpleNamespace
 
-from app.api.rate_limit import RateLimitedError, RateLimiter
+import pytest
+from starlette.requests import Request
+
+from app.api.rate_limit import RateLimitedError, RateLimiter, admit
+from app.auth import SCOPES, Principal
+from app.settings import ApiSettings
 
 
 class Clock:
@@ -111,3 +116,60 @@ def test_a_flood_of_distinct_clients_keeps_the_table_bounded() -> None:
     # The newest clients are the ones kept.
     assert "client-9999" in limiter.buckets
     assert "client-0" not in limiter.buckets
+
+
+def request_to(limiter: RateLimiter) -> Request:
+    app = SimpleNamespace(state=SimpleNamespace(rate_limiter=limiter))
+    return Request({"type": "http", "headers": [], "app": app})
+
+
+def admitted(request: Request, principal: Principal, times: int) -> int:
+    count = 0
+    for _ in range(times):
+        try:
+            admit(request, principal)
+        except RateLimitedError:
+            continue
+        count += 1
+    return count
+
+
+CUSTOMER = Principal("alice", "web-shop", "issuer", frozenset(SCOPES), customer="c-1")
+SERVICE = Principal("backend", "backend", "issuer", frozenset(SCOPES))
+
+
+def test_a_customer_token_and_a_service_token_have_limits_of_their_own() -> None:
+    """A service acts for every customer: it is not held to one customer's rate."""
+    clock = Clock()
+    services = RateLimiter(100, 40, policy="service", clock=clock)
+    request = request_to(RateLimiter(1, 4, services=services, clock=clock))
+    assert admitted(request, CUSTOMER, 10) == 4
+    assert admitted(request, SERVICE, 100) == 40
+    with pytest.raises(RateLimitedError) as refused:
+        admit(request, SERVICE)
+    assert refused.value.headers["RateLimit-Policy"] == '"service";q=40;w=1'
+    assert refused.value.headers["RateLimit"].startswith('"service";r=0;')
+    with pytest.raises(RateLimitedError) as refused:
+        admit(request, CUSTOMER)
+    assert refused.value.headers["RateLimit-Policy"] == '"client";q=4;w=4'
+
+
+def test_the_default_limits_are_far_higher_for_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir("/")  # no .env
+    limiter = RateLimiter.from_settings(ApiSettings())
+    assert (limiter.rate, limiter.burst, limiter.name) == (100, 200, "client")
+    assert limiter.services is not None
+    services = limiter.services
+    assert (services.rate, services.burst, services.name) == (2000, 4000, "service")
+    request = request_to(limiter)
+    assert admitted(request, CUSTOMER, 201) == 200
+    assert admitted(request, SERVICE, 4000) == 4000
+
+
+def test_zero_disables_the_service_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir("/")  # no .env
+    monkeypatch.setenv("API_SERVICE_RATE_LIMIT_PER_S", "0")
+    limiter = RateLimiter.from_settings(ApiSettings())
+    assert limiter.services is not None
+    assert not limiter.services.enabled
+    assert admitted(request_to(limiter), SERVICE, 10_000) == 10_000
