@@ -41,7 +41,7 @@ from local_services.kafka import (
     requested_security,
     settle_security,
 )
-from local_services.kafka_security import SECURITY_MODES, AclScope
+from local_services.kafka_security import SECURITY_MODES, AclScope, read_credentials
 from local_services.postgres import (
     RolePasswords,
     as_pg_user,
@@ -70,6 +70,7 @@ __all__ = [
     "pid_alive",
     "postgres_down",
     "postgres_up",
+    "read_credentials",
     "stop_pid",
 ]
 

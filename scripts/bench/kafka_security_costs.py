@@ -22,27 +22,22 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.producer_costs import HEADERS, VALUE, produce_rounds
 from local_services.kafka import kafka_down, kafka_up
-from local_services.kafka_security import AclScope
+from local_services.kafka_security import AclScope, read_credentials
 
 from app.batching import PartitionBatches
 from app.publisher import build_producer, close_producer
 from app.settings import KafkaSettings
 from app.topics import ensure_topics
 
-VALUE = b"x" * 330  # about an order envelope
-HEADERS = [("content-type", b"application/json"), ("request-id", b"0" * 36)]
 TOPIC = "bench-orders"
 
 
 def credentials(folder: Path, principal: str, bootstrap: str) -> KafkaSettings:
     values = {"bootstrap_servers": bootstrap}
-    env_file = folder / "credentials" / f"{principal}.env"
-    if env_file.exists():
-        for line in env_file.read_text().splitlines():
-            name, _, value = line.partition("=")
-            if value and not name.startswith("#"):
-                values[name.removeprefix("KAFKA_").lower()] = value
+    for name, value in read_credentials(folder / "credentials" / f"{principal}.env").items():
+        values[name.removeprefix("KAFKA_").lower()] = value
     return KafkaSettings(**values, orders_topic=TOPIC, dlq_topic=f"{TOPIC}.DLQ")  # type: ignore[arg-type]
 
 
@@ -57,16 +52,7 @@ async def measure(api: KafkaSettings, records: int) -> dict[str, float]:
     try:
         for label, per_batch, partitions in (("busy", 16, 6), ("idle", 1, 1)):
             requests = max(records // (per_batch * partitions), 1)
-            started = time.process_time()
-            for _ in range(requests):
-                await asyncio.gather(
-                    *(
-                        batches.append(partition, b"key", VALUE, HEADERS)
-                        for partition in range(partitions)
-                        for _ in range(per_batch)
-                    )
-                )
-            cpu = time.process_time() - started
+            cpu = await produce_rounds(batches, requests, per_batch, partitions)
             result[f"{label}_us_per_record"] = cpu / (requests * per_batch * partitions) * 1e6
             result[f"{label}_us_per_request"] = cpu / requests * 1e6
     finally:

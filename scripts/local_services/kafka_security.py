@@ -257,7 +257,11 @@ def credentials_environment(principal: str, root: Path | None = None) -> dict[st
     """The KAFKA_* variables `make up` wrote for `principal` (`root`: `<state>/kafka`); empty
     when there are none. For launchers that give each process its own user (scripts/run-stack.py:
     orders-api for the API, orders-worker for the workers, orders-operator for migrate)."""
-    path = SecuredLayout(root or STATE / "kafka").env_file(principal)
+    return read_credentials(SecuredLayout(root or STATE / "kafka").env_file(principal))
+
+
+def read_credentials(path: Path) -> dict[str, str]:
+    """The KAFKA_* variables of one user's credentials file; empty when there is none."""
     if not path.exists():
         return {}
     variables = {}

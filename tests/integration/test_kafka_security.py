@@ -125,11 +125,10 @@ class Scenario:
 
     def kafka(self, principal: str) -> KafkaSettings:
         """The settings the app reads from `set -a; . credentials/<principal>.env`."""
-        variables = {}
-        for line in self.cluster.credentials_file(principal).read_text().splitlines():
-            name, _, value = line.partition("=")
-            if value and not name.startswith("#"):
-                variables[name.removeprefix("KAFKA_").lower()] = value
+        variables = {
+            name.removeprefix("KAFKA_").lower(): value
+            for name, value in self.cluster.credentials(principal).items()
+        }
         return KafkaSettings(
             **variables,  # type: ignore[arg-type]
             orders_topic=f"{PREFIXES[0]}{self.run}",
@@ -482,11 +481,7 @@ async def test_listing_the_dlq_without_the_right_says_not_authorized(
     assert expected in str(refused.value)
 
     # `orders dlq list` as that user: the same line, and exit code 1.
-    variables = {}
-    for line in scenario.cluster.credentials_file("orders-api").read_text().splitlines():
-        name, _, value = line.partition("=")
-        if value and not name.startswith("#"):
-            variables[name] = value
+    variables = scenario.cluster.credentials("orders-api")
     environment = {
         "PATH": os.environ["PATH"],
         "ORDERS_STATE_DIR": str(tmp_path),

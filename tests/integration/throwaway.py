@@ -74,6 +74,11 @@ class ThrowawayCluster:
         """A secured cluster's KAFKA_* variables for `principal` (written beside its folder)."""
         return self.home.parent / "credentials" / f"{principal}.env"
 
+    def credentials(self, principal: str) -> dict[str, str]:
+        """That file's KAFKA_* variables."""
+        variables: dict[str, str] = self.services.read_credentials(self.credentials_file(principal))
+        return variables
+
     def _pid_file(self, node: int) -> Path:
         return Path(self.services.kafka_node_home(self.home, node)) / "broker.pid"
 
