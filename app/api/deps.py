@@ -59,7 +59,6 @@ def idempotency_keys_of(request: Request) -> IdempotencyKeys:
     return resources.idempotency_keys
 
 
-ResourcesDep = Annotated[Resources, Depends(get_resources)]
 ConnectionDep = Annotated[AsyncConnection, Depends(get_connection)]
 # Who asks: the principal the route's BearerRoute found (app/api/authn.py).
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
