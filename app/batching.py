@@ -24,13 +24,16 @@ import functools
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
+
+if TYPE_CHECKING:
+    from app.api.metrics import ProducerMetrics
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -90,12 +93,25 @@ class _OpenBatch:
                 )
 
 
+def _count_acknowledged(
+    metrics: ProducerMetrics,
+    partition: int,
+    batch: _OpenBatch,
+    acknowledgement: asyncio.Future[RecordMetadata],
+) -> None:
+    if not acknowledgement.cancelled() and acknowledgement.exception() is None:
+        metrics.acknowledged(partition, len(batch.records))
+
+
 class PartitionBatches:
     """Batches records for one topic of one producer; see the module docstring."""
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, topic: str, metrics: ProducerMetrics | None = None
+    ) -> None:
         self._producer = producer
         self._topic = topic
+        self._metrics = metrics  # None: nothing counted (METRICS_ENABLED=false)
         self._queues: dict[int, deque[_OpenBatch]] = {}
         self._flushers: dict[int, asyncio.Task[None]] = {}
         self._closed: BaseException | None = None
@@ -146,6 +162,9 @@ class PartitionBatches:
                 batch = queue.popleft()
                 if not batch.unanswered():
                     continue  # every record was answered 503: never let it reach the log
+                metrics = self._metrics
+                if metrics is not None:
+                    metrics.batch_records.observe(len(batch.records))
                 try:
                     acknowledgement = await self._producer.send_batch(
                         batch.builder, self._topic, partition=partition
@@ -154,6 +173,11 @@ class PartitionBatches:
                     batch.fail(exc if isinstance(exc, Exception) else _closed_error())
                     raise
                 acknowledgement.add_done_callback(batch.settle)
+                if metrics is not None:
+                    # Counted per batch, not per record: all of its records are in the log,
+                    # those already answered 503 included (the broker has them all the same).
+                    count = functools.partial(_count_acknowledged, metrics, partition, batch)
+                    acknowledgement.add_done_callback(count)
         except Exception as exc:
             # aiokafka refused the hand-over (closed, failed, or its queue stayed full):
             # what is still queued behind it cannot keep its order, so it fails too.

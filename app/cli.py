@@ -95,6 +95,27 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+_LAG_DESCRIPTION = """\
+Lag (log end minus the position stored in PostgreSQL) and a status per partition:
+  OK       no lag, or the stored position keeps moving
+  WARNING  the position moves but the lag grew at every sample of a window of
+           WORKER_LAG_WINDOW samples: only --watch (which keeps the window) shows it
+  STALLED  lag, and the stored position has not moved for the stall bound since the
+           lag began, while its owner still stores positions on other partitions
+  STOPPED  the same, and the owner has stored nothing anywhere for the bound (or no
+           member ever stored this partition)
+Exit code: 0 every partition OK or WARNING; 3 one is STALLED or STOPPED;
+1 Kafka or PostgreSQL could not be read. --watch exits 0 on Ctrl-C."""
+
+
+def _seconds(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value < float("inf"):
+        msg = f"must be a positive number of seconds, got {raw}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orders", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -112,7 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--skip-topics", action="store_true", help="only the database")
     migrate.set_defaults(handler=_migrate)
 
-    lag_parser = commands.add_parser("lag", help="per-partition lag of the worker group")
+    lag_parser = commands.add_parser(
+        "lag",
+        help="per-partition lag and status of the worker group",
+        description=_LAG_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    lag_shape = lag_parser.add_mutually_exclusive_group()
+    lag_shape.add_argument("--json", action="store_true", help="a JSON array, one per partition")
+    lag_shape.add_argument(
+        "--watch", action="store_true", help="a live view refreshed in place (Ctrl-C quits)"
+    )
+    lag_parser.add_argument(
+        "--interval", type=_seconds, default=2.0, metavar="S", help="--watch: every S (default 2)"
+    )
+    lag_parser.add_argument(
+        "--stall-after",
+        type=_seconds,
+        metavar="S",
+        help="default: WORKER_STALL_AFTER_S (30), the worker's own bound",
+    )
     lag_parser.set_defaults(handler=operations.lag)
 
     offsets = commands.add_parser("offsets", help="the worker group's offsets")

@@ -2,12 +2,14 @@
 
 Both sides import this one module, so the schema cannot drift between producer and consumer.
 A record value is a versioned JSON envelope; the headers repeat the content type and schema
-version so tools (and a future v2 worker) can route records without parsing the body.
+version so tools (and a future v2 worker) can route records without parsing the body, name the
+request (`request-id`), and, with tracing on, carry `traceparent` (W3C Trace Context).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Final, Literal
@@ -35,6 +37,10 @@ CONTENT_TYPE = "application/json"
 HEADER_CONTENT_TYPE = "content-type"
 HEADER_SCHEMA_VERSION = "schema-version"
 HEADER_REQUEST_ID = "request-id"
+# Optional: W3C Trace Context of the API's producer span, only while tracing is on (app.tracing).
+# No reader requires them or refuses a record for them; the worker links its batch span to them.
+HEADER_TRACEPARENT = "traceparent"
+HEADER_TRACESTATE = "tracestate"
 
 # Lengths count Unicode code points (characters), as JSON Schema's maxLength does: 64 ok, 65 not.
 CustomerId = Annotated[
@@ -199,9 +205,12 @@ def new_order_id() -> uuid.UUID:
     return uuid7()
 
 
-def encode(envelope: OrderEnvelope, request_id: str) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """The record value and headers for an envelope."""
-    headers = [*_V1_HEADERS, (HEADER_REQUEST_ID, request_id.encode())]
+def encode(
+    envelope: OrderEnvelope, request_id: str, trace: Sequence[tuple[str, bytes]] = ()
+) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The record value and headers for an envelope; `trace`: the W3C trace context header
+    (HEADER_TRACEPARENT), only when tracing is on (app.tracing)."""
+    headers = [*_V1_HEADERS, (HEADER_REQUEST_ID, request_id.encode()), *trace]
     return envelope.model_dump_json().encode(), headers
 
 

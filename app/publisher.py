@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -24,12 +27,16 @@ from aiokafka.errors import (
     ProducerFenced,
     UnknownProducerId,
 )
+from opentelemetry.trace import Tracer
 
-from app import contract
+from app import contract, tracing
 from app.batching import Delivery, PartitionBatches, partition_for
 from app.errors import BrokerUnavailableError
 from app.kafka_security import kafka_client_security
 from app.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from app.api.metrics import ProducerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +89,17 @@ async def close_producer(producer: AIOKafkaProducer, timeout: float) -> None:
 class OrderPublisher:
     """Publishes order envelopes; keeps a healthy producer in place, replacing a broken one."""
 
-    def __init__(self, settings: KafkaSettings, ack_deadline_s: float, ack_grace_s: float) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        ack_deadline_s: float,
+        ack_grace_s: float,
+        tracer: Tracer | None = None,
+        metrics: ProducerMetrics | None = None,
+    ) -> None:
         self._settings = settings
+        self._metrics = metrics  # None: METRICS_ENABLED=false, nothing counted
+        self._tracer = tracer  # None: tracing off (app.tracing), nothing spent on it per order
         self._deadline = ack_deadline_s
         self._grace = ack_grace_s
         self._producer: AIOKafkaProducer | None = None
@@ -132,21 +148,39 @@ class OrderPublisher:
         the envelope's `accept_by` (the worker discards records appended later, so a late
         acknowledgement must not become a 202).
         """
+        if self._tracer is None:
+            return await self._publish(envelope, request_id)
+        topic = self._settings.orders_topic
+        with tracing.publishing(self._tracer, topic, envelope.order_id) as (span, trace_headers):
+            delivery = await self._publish(envelope, request_id, trace_headers)
+            tracing.acknowledged(span, delivery.partition, delivery.offset)
+            return delivery
+
+    async def _publish(
+        self,
+        envelope: contract.OrderEnvelope,
+        request_id: str,
+        trace_headers: Sequence[tuple[str, bytes]] = (),
+    ) -> Delivery:
         producer, batches = self._producer, self._batches
         if producer is None or batches is None or not self.started:
             msg = "Kafka producer is not connected"
-            raise BrokerUnavailableError(msg)
-        value, headers = contract.encode(envelope, request_id)
+            raise BrokerUnavailableError(msg, "broker_not_connected")
+        value, headers = contract.encode(envelope, request_id, trace_headers)
         key = envelope.key
         known = producer.client.cluster.partitions_for_topic(self._settings.orders_topic)
         partition = partition_for(
             key, len(known) if known else await self._fetch_partitions(producer)
         )
+        metrics = self._metrics
+        appended_at = time.perf_counter()
         try:
             delivery = batches.append(partition, key, value, headers)
         except KafkaError as exc:  # closed while the metadata was fetched: being replaced
+            if metrics is not None:
+                metrics.failed(exc)
             msg = f"Kafka producer is being replaced: {type(exc).__name__}"
-            raise BrokerUnavailableError(msg) from exc
+            raise BrokerUnavailableError(msg, "producer_replacing") from exc
         # The record's own future carries the deadline (cheaper than a timeout scope per
         # request); a record whose batch is still queued when every wait expired is not sent.
         expiry = asyncio.get_running_loop().call_later(
@@ -154,28 +188,36 @@ class OrderPublisher:
         )
         try:
             acked = await delivery
-        except TimeoutError as exc:
-            msg = f"no acknowledgement from Kafka within {self._deadline:.1f}s"
-            raise BrokerUnavailableError(msg) from exc
-        except FATAL_PRODUCER_ERRORS as exc:
-            log.exception("fatal producer error, replacing the producer")
-            self._broken.set()
-            msg = f"Kafka producer failed: {type(exc).__name__}"
-            raise BrokerUnavailableError(msg) from exc
-        except KafkaError as exc:
-            msg = f"Kafka refused the record: {type(exc).__name__}"
-            raise BrokerUnavailableError(msg) from exc
+        except (TimeoutError, KafkaError) as exc:
+            if metrics is not None:
+                metrics.failed(exc)
+            raise self._unavailable(exc) from exc
         finally:
             expiry.cancel()
+        if metrics is not None:
+            metrics.ack_seconds.observe(time.perf_counter() - appended_at)
         if acked.offset < 0:
             # A retried batch the broker already had (DuplicateSequenceNumber): aiokafka reports
             # no offset and no append time, so whether it was in time is unknown. Not a 202.
             msg = "Kafka acknowledged a retry without its append time; the outcome is unknown"
-            raise BrokerUnavailableError(msg)
+            raise BrokerUnavailableError(msg, "outcome_unknown")
         if not contract.appended_in_time(envelope, acked.timestamp, acked.timestamp_type):
             msg = "Kafka appended the order after its acceptance deadline; it will not be processed"
-            raise BrokerUnavailableError(msg)
+            raise BrokerUnavailableError(msg, "appended_late")
         return acked
+
+    def _unavailable(self, exc: TimeoutError | KafkaError) -> BrokerUnavailableError:
+        """What a failed delivery means for the order; a fatal error also retires the producer."""
+        if isinstance(exc, TimeoutError):
+            msg = f"no acknowledgement from Kafka within {self._deadline:.1f}s"
+            return BrokerUnavailableError(msg, "ack_timeout")
+        if isinstance(exc, FATAL_PRODUCER_ERRORS):
+            log.error("fatal producer error, replacing the producer", exc_info=exc)
+            self._broken.set()
+            msg = f"Kafka producer failed: {type(exc).__name__}"
+            return BrokerUnavailableError(msg, "producer_fatal")
+        msg = f"Kafka refused the record: {type(exc).__name__}"
+        return BrokerUnavailableError(msg, "broker_refused")
 
     async def _fetch_partitions(self, producer: AIOKafkaProducer) -> int:
         """The topic's partition count, for a producer that has no metadata for it yet."""
@@ -183,8 +225,10 @@ class OrderPublisher:
         try:
             return len(await asyncio.wait_for(producer.partitions_for(topic), self._deadline))
         except (TimeoutError, KafkaError) as exc:
+            if self._metrics is not None:
+                self._metrics.failed(exc)
             msg = f"no metadata for topic {topic!r} from Kafka: {type(exc).__name__}"
-            raise BrokerUnavailableError(msg) from exc
+            raise BrokerUnavailableError(msg, "no_metadata") from exc
 
     def _sender_alive(self) -> bool:
         # aiokafka exposes no health flag; a finished sender task means nothing will be delivered.
@@ -195,6 +239,8 @@ class OrderPublisher:
     async def _retire_producer(self) -> None:
         producer, batches = self._producer, self._batches
         self._producer = self._batches = None
+        if self._metrics is not None:
+            self._metrics.connected(False)
         if batches is not None:
             await batches.close()
         if producer is not None:
@@ -205,6 +251,8 @@ class OrderPublisher:
         while True:
             if self._producer is not None and (self._broken.is_set() or not self._sender_alive()):
                 self._connected.clear()
+                if self._metrics is not None:
+                    self._metrics.replaced()
                 await self._retire_producer()
             if self._producer is None:
                 producer = build_producer(self._settings)
@@ -220,9 +268,13 @@ class OrderPublisher:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 self._producer, backoff = producer, 0.2
-                self._batches = PartitionBatches(producer, self._settings.orders_topic)
+                self._batches = PartitionBatches(
+                    producer, self._settings.orders_topic, self._metrics
+                )
                 self._broken.clear()
                 self._connected.set()
+                if self._metrics is not None:
+                    self._metrics.connected(True)
                 log.info("Kafka producer connected to %s", self._settings.bootstrap_servers)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._broken.wait(), 1.0)

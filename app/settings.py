@@ -344,6 +344,19 @@ class WorkerSettings(BaseSettings):
     # for this long; after that it is kept in PostgreSQL's quarantine table instead, so that an
     # unreachable DLQ cannot stall the partitions for longer.
     dlq_unreachable_quarantine_s: float = Field(default=30.0, ge=0)
+    # The worker's own HTTP server: /metrics, /healthz, /readyz (0: none). Each replica has its
+    # own (a container has its own address; locally `make run` gives each worker the next port).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
+    # The stall detector (app/lag_status.py, Burrow's rules on the positions in PostgreSQL):
+    # lag and positions are sampled every LAG_INTERVAL_S; a partition with lag whose stored
+    # position has not moved for STALL_AFTER_S is STALLED; lag that grew at every one of the
+    # last LAG_WINDOW samples is WARNING. /readyz fails once a partition has been stalled for
+    # UNREADY_AFTER_STALL_S more, so that an orchestrator restarts the member.
+    lag_interval_s: float = Field(default=5.0, gt=0)
+    lag_window: int = Field(default=10, ge=2)
+    stall_after_s: float = Field(default=30.0, gt=0)
+    unready_after_stall_s: float = Field(default=30.0, ge=0)
 
     @model_validator(mode="after")
     def _rebalance_outlasts_batch(self) -> WorkerSettings:
@@ -363,6 +376,15 @@ class WorkerSettings(BaseSettings):
         return self
 
 
+class MetricsSettings(BaseSettings):
+    """Prometheus metrics of the API (GET /metrics) and the worker (WORKER_METRICS_PORT)."""
+
+    model_config = _group("METRICS_")
+
+    # Off: nothing is counted on the hot paths and /metrics answers 404 (the benchmarks compare).
+    enabled: bool = True
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
@@ -372,6 +394,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
 
 def load_settings() -> Settings:
@@ -383,6 +406,7 @@ def load_settings() -> Settings:
             api=ApiSettings(),
             worker=WorkerSettings(),
             auth=AuthSettings(),
+            metrics=MetricsSettings(),
         )
     except ValidationError as exc:
         raise ConfigurationError(_describe(exc)) from exc
@@ -399,6 +423,7 @@ _PREFIXES = {
     "ApiSettings": "API_",
     "WorkerSettings": "WORKER_",
     "AuthSettings": "AUTH_",
+    "MetricsSettings": "METRICS_",
     "Settings": "",
 }
 

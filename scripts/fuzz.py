@@ -180,6 +180,10 @@ async def _drained(settings: Settings) -> str:
 
 def _start(name: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
     command = "api" if name == "api" else "worker"
+    if command == "worker":
+        # Each worker would take WORKER_METRICS_PORT (9100) for its /metrics; the fuzz run
+        # reads none of them, and two cannot share the port.
+        env = {**env, "WORKER_METRICS_PORT": "0"}
     with (logs / f"{name}.log").open("wb") as log:
         # A session of its own: a Ctrl-C at the terminal reaches this script, which stops them.
         return subprocess.Popen(

@@ -6,8 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
 
-from app.api import customers, health, orders
+from app import tracing
+from app.api import customers, health, metrics, orders
 from app.api.authn import Authenticator, document_bearer_scheme
 from app.api.deps import Resources
 from app.api.edge_guard import InFlightCap
@@ -15,25 +17,43 @@ from app.api.guard import RequestGuard
 from app.api.idempotency import IdempotencyKeys
 from app.api.problems import install_problem_handlers
 from app.api.rate_limit import RateLimiter
+from app.api.request_metrics import RequestMetrics
 from app.db.engine import create_engine
 from app.gc_tuning import tune_gc_for_throughput
+from app.observability import exposition
 from app.publisher import OrderPublisher
 from app.settings import Settings, get_settings
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, tracer_provider: TracerProvider | None = None
+) -> FastAPI:
+    """The app; `tracer_provider` (tests) or else the OTEL_* variables (app.tracing: off by
+    default) decide whether requests and orders are traced."""
     settings = settings or get_settings()
+    # METRICS_ENABLED=false: no middleware, nothing handed a metric, no /metrics (404).
+    measured = settings.metrics.enabled
+    if measured:
+        exposition.check_multiprocess_mode()
+    count_unavailable = metrics.count_unavailable if measured else None
+    tracer_provider = tracer_provider or tracing.from_environment(tracing.API_SERVICE)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            if measured:  # last out: this process's live gauges leave the other processes' sums
+                stack.callback(exposition.mark_process_dead)
             # First: a key that cannot be read stops the start before anything connects.
             authenticator = Authenticator.from_settings(settings.auth)
             await authenticator.start()
             engine = create_engine(settings.database, settings.database.connect_timeout_s)
             stack.push_async_callback(engine.dispose)
             publisher = OrderPublisher(
-                settings.kafka, settings.api.ack_deadline_s, settings.api.ack_grace_s
+                settings.kafka,
+                settings.api.ack_deadline_s,
+                settings.api.ack_grace_s,
+                tracing.tracer_of(tracer_provider),
+                metrics=metrics.ProducerMetrics(settings.kafka.orders_topic) if measured else None,
             )
             await publisher.start()
             stack.push_async_callback(publisher.stop)
@@ -55,19 +75,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url="/redoc" if settings.api.docs_enabled else None,
     )
     document_bearer_scheme(app)
+    if tracer_provider is not None:
+        tracing.instrument_app(app, tracer_provider)
     app.add_middleware(RequestGuard, max_body_bytes=settings.api.max_body_bytes)
-    # Added last, so outermost: a request over the cap is refused before any other work.
+    # Outside the guard: a request over the cap is refused before any other work.
     app.add_middleware(
         InFlightCap,
         max_in_flight=settings.api.max_in_flight,
         retry_after_s=settings.api.retry_after_s,
+        count_unavailable=count_unavailable,
     )
+    if measured:  # outermost of all: the refusals of the middlewares inside are counted too
+        app.add_middleware(RequestMetrics)
     app.state.rate_limiter = RateLimiter.from_settings(settings.api)
     # Starlette would answer `/orders/` with a redirect to an absolute URL built from the
     # request's Host header; an unknown path is a 404 instead.
     app.router.redirect_slashes = False
-    install_problem_handlers(app, settings.api.retry_after_s)
+    install_problem_handlers(app, settings.api.retry_after_s, count_unavailable)
     app.include_router(orders.router)
     app.include_router(customers.router)
     app.include_router(health.router)
+    if measured:
+        app.include_router(metrics.router)
     return app

@@ -67,6 +67,8 @@ class Refusal:
     # Counted, then logged once per tick: one log line per refused request would let a flood
     # of bad requests cost the process more in logging than in refusing.
     reason: str
+    # Its label in orders_http_edge_refusals_total{reason} (app/api/metrics.py).
+    slug: str
 
 
 def problem_bytes(
@@ -98,12 +100,14 @@ HEAD_TOO_LARGE = Refusal(
     "Request Header Fields Too Large",
     "the request line and headers may be at most {limits.max_header_bytes} bytes",
     "request heads over API_MAX_HEADER_BYTES",
+    "header_too_large",
 )
 TOO_MANY_HEADERS = Refusal(
     431,
     "Request Header Fields Too Large",
     "a request may carry at most {limits.max_headers} headers (trailers included)",
     "requests with more than API_MAX_HEADERS headers",
+    "too_many_headers",
 )
 BODY_TOO_LARGE = Refusal(
     413,
@@ -111,28 +115,46 @@ BODY_TOO_LARGE = Refusal(
     "a request may send at most {limits.after_head_budget} bytes after its headers (body, "
     "chunk framing and trailers)",
     "requests sending more than their body, trailer and framing allowance",
+    "body_too_large",
 )
 HEAD_TIMEOUT = Refusal(
     408,
     "Request Timeout",
     "the request line and headers must arrive within {limits.head_timeout_s} s",
     "heads not complete within API_HEAD_TIMEOUT_S",
+    "head_timeout",
 )
 BODY_TIMEOUT = Refusal(
     408,
     "Request Timeout",
     "the body must arrive within {limits.body_timeout_s} s of the headers",
     "bodies not complete within API_BODY_TIMEOUT_S",
+    "body_timeout",
 )
 TOO_MANY_CONNECTIONS = Refusal(
     503,
     "Service Unavailable",
     "too many connections are open; retry after Retry-After seconds",
     "connections over API_MAX_CONNECTIONS",
+    "connection_limit",
 )
 BAD_REQUEST = Refusal(
     400,
     "Bad Request",
     "the request is not valid HTTP/1.1",
     "requests that are not valid HTTP/1.1",
+    "bad_request",
+)
+# A connection aborted because its client stopped reading its answers (app/api/edge_watch.py).
+WRITE_TIMEOUT = "write_timeout"
+# Every value of orders_http_edge_refusals_total{reason}.
+EDGE_REFUSALS = (
+    HEAD_TOO_LARGE.slug,
+    TOO_MANY_HEADERS.slug,
+    BODY_TOO_LARGE.slug,
+    HEAD_TIMEOUT.slug,
+    BODY_TIMEOUT.slug,
+    TOO_MANY_CONNECTIONS.slug,
+    BAD_REQUEST.slug,
+    WRITE_TIMEOUT,
 )

@@ -289,6 +289,8 @@ class EdgeProtocol(HttpToolsProtocol):
         self.expiry = NONE
         self.backlog = None
         self.watch.refusals[refusal.reason] += 1
+        if self.watch.count_refusal is not None:
+            self.watch.count_refusal(refusal.slug)
         mine = None if self.framing.mode == framing.HEAD else self.cycle
         if mine is not None and mine.response_started:
             if mine.response_complete:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from app.api.edge_limits import EdgeLimits
+from app.api.edge_limits import WRITE_TIMEOUT, EdgeLimits
 
 if TYPE_CHECKING:
     from app.api.edge_protocol import EdgeProtocol
@@ -23,10 +24,14 @@ NOT_READING = "connections aborted: their responses unread for API_WRITE_TIMEOUT
 class ConnectionWatch:
     """One per server: expires connections past their deadline, logs the refusals it counted."""
 
-    def __init__(self, limits: EdgeLimits) -> None:
+    def __init__(
+        self, limits: EdgeLimits, count_refusal: Callable[[str], None] | None = None
+    ) -> None:
         self.tick_s = limits.tick_s
         self.write_timeout_s = limits.write_timeout_s
         self.refusals: Counter[str] = Counter()
+        # Each refusal's slug, to orders_http_edge_refusals_total (None: METRICS_ENABLED=false).
+        self.count_refusal = count_refusal
         self._timer: asyncio.TimerHandle | None = None
 
     def watch(self, protocol: EdgeProtocol) -> None:
@@ -43,6 +48,8 @@ class ConnectionWatch:
                 connection.transport.abort()  # frees its buffers now; it leaves soon after
                 connection.write_deadline = -1.0  # not aborted (nor counted) twice
                 self.refusals[NOT_READING] += 1
+                if self.count_refusal is not None:
+                    self.count_refusal(WRITE_TIMEOUT)
             elif 0 < connection.deadline <= now:
                 connection.expire(now)
             elif not connection.write_deadline and connection.transport.is_closing():

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp
 from app.api.edge_limits import EdgeLimits
 from app.api.edge_protocol import EdgeProtocol
 from app.api.edge_watch import ConnectionWatch
+from app.api.metrics import count_edge_refusal
 from app.settings import Settings
 
 # Every response carries personal or per-request data: never cached, never content-sniffed.
@@ -27,7 +28,8 @@ HYGIENE_HEADERS = [("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-
 def edge_protocol(settings: Settings) -> type[asyncio.Protocol]:
     """The protocol factory uvicorn calls once per connection, with its own arguments."""
     limits = EdgeLimits.from_settings(settings.api)
-    factory = functools.partial(EdgeProtocol, limits=limits, watch=ConnectionWatch(limits))
+    watch = ConnectionWatch(limits, count_edge_refusal if settings.metrics.enabled else None)
+    factory = functools.partial(EdgeProtocol, limits=limits, watch=watch)
     return cast(type[asyncio.Protocol], factory)
 
 

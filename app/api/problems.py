@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from app.api.metrics import DATABASE_UNAVAILABLE, TOKEN_KEYS_UNAVAILABLE
 from app.api.rate_limit import RateLimitedError
 from app.api.schemas import Problem
 from app.auth.errors import (
@@ -90,6 +92,10 @@ def problem_responses(
 REALM = "orders"
 
 
+def _not_counted(reason: str) -> None:
+    return None
+
+
 def bearer_challenge(error: str | None = None, description: str = "", scope: str = "") -> str:
     """A `WWW-Authenticate: Bearer` value (RFC 6750 section 3). The texts are the app's own
     (app/auth/errors.py), never a client's: nothing here needs quoting."""
@@ -119,7 +125,12 @@ def _refusal(exc: AccessRefusedError) -> JSONResponse:
     return problem(403, "Forbidden", str(exc))
 
 
-def install_problem_handlers(app: FastAPI, retry_after_s: int) -> None:
+def install_problem_handlers(
+    app: FastAPI, retry_after_s: int, count_unavailable: Callable[[str], None] | None = None
+) -> None:
+    """`count_unavailable(reason)` is told of every 503 (app.api.metrics; None: not counted)."""
+    count = count_unavailable or _not_counted
+
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = [
@@ -141,10 +152,13 @@ def install_problem_handlers(app: FastAPI, retry_after_s: int) -> None:
     retry_after = {"Retry-After": str(retry_after_s)}
 
     async def on_broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, BrokerUnavailableError)
+        count(exc.reason)
         detail = f"{exc}. The order was not accepted; retry with the same Idempotency-Key."
         return problem(503, "Order not accepted", detail, headers=retry_after)
 
     async def on_database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        count(DATABASE_UNAVAILABLE)
         return problem(503, "Database unavailable", str(exc), headers=retry_after)
 
     async def on_key_in_flight(request: Request, exc: Exception) -> JSONResponse:
@@ -169,6 +183,7 @@ def install_problem_handlers(app: FastAPI, retry_after_s: int) -> None:
         return _refusal(exc)
 
     async def on_keys_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        count(TOKEN_KEYS_UNAVAILABLE)
         # Never the message: it names the JWKS URL, which app/auth/keys.py logs as it fails.
         detail = "the keys that verify tokens are unavailable now; retry later"
         return problem(503, "Token keys unavailable", detail, headers=retry_after)

@@ -62,6 +62,18 @@ _READ_POSITIONS = text(
     """
 ).bindparams(bindparam("partitions", type_=ARRAY(INTEGER)))
 
+# The age is computed by PostgreSQL, on its own clock, from the instant it wrote the position:
+# the operator's clock is never compared with the database's. updated_at moves only when a batch
+# advances the position (or an operator sets it), so the age is how long the position stood still.
+_READ_POSITION_AGES = text(
+    """
+    SELECT partition, next_offset, owner,
+           extract(epoch FROM now() - updated_at)::float8 AS idle_s
+    FROM consumer_positions
+    WHERE group_id = :group_id AND topic = :topic AND partition = ANY(:partitions)
+    """
+).bindparams(bindparam("partitions", type_=ARRAY(INTEGER)))
+
 _SET_POSITION = text(
     """
     INSERT INTO consumer_positions (group_id, topic, partition, next_offset, owner)
@@ -80,6 +92,32 @@ async def read_positions(
         _READ_POSITIONS, {"group_id": group_id, "topic": topic, "partitions": list(partitions)}
     )
     return {row.partition: row.next_offset for row in result}
+
+
+@dataclass(frozen=True)
+class StoredPosition:
+    """A partition's stored position, who stored it, and how long ago (PostgreSQL's clock)."""
+
+    partition: int
+    next_offset: int
+    owner: str
+    idle_s: float
+
+
+async def read_position_ages(
+    connection: AsyncConnection, group_id: str, topic: str, partitions: Sequence[int]
+) -> dict[int, StoredPosition]:
+    """Stored positions with their owner and age (missing partitions were never processed)."""
+    result = await connection.execute(
+        _READ_POSITION_AGES,
+        {"group_id": group_id, "topic": topic, "partitions": list(partitions)},
+    )
+    return {
+        row.partition: StoredPosition(
+            row.partition, row.next_offset, row.owner, max(0.0, row.idle_s)
+        )
+        for row in result
+    }
 
 
 async def claim_partitions(

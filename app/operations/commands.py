@@ -69,22 +69,49 @@ def _dash(value: object | None) -> str:
 
 
 def lag(settings: Settings, args: argparse.Namespace) -> int:
+    """The lag and status of every partition (exit 3 if one is STALLED or STOPPED), or with
+    --watch a live view until Ctrl-C (exit 0)."""
+    import time
+
+    from app.operations import lag_report
     from app.operations.lag import group_lag
+
+    stall_after_s = args.stall_after or settings.worker.stall_after_s
+    group, topic = settings.worker.group_id, settings.kafka.orders_topic
+    if args.watch:
+        return _watch_lag(settings, args.interval, stall_after_s)
 
     async def show() -> int:
         async with _engine(settings) as engine:
             rows = await group_lag(settings, engine)
-        print(f"group {settings.worker.group_id} on {settings.kafka.orders_topic}")
-        print(f"{'PARTITION':>9} {'STORED':>10} {'COMMITTED':>10} {'LOG-END':>10} {'LAG':>8}")
-        for row in rows:
-            print(
-                f"{row.partition:>9} {_dash(row.stored):>10} {_dash(row.committed):>10} "
-                f"{row.log_end:>10} {row.lag:>8}"
-            )
-        print(f"{'total':>9} {'':>10} {'':>10} {'':>10} {sum(r.lag for r in rows):>8}")
-        return 0
+        reports = lag_report.assess(rows, now=time.time(), stall_after_s=stall_after_s)
+        if args.json:
+            print(lag_report.as_json(reports, group=group, topic=topic))
+        else:
+            print("\n".join(lag_report.table_lines(reports, group=group, topic=topic)))
+        return lag_report.exit_code(r.status for r in reports)
 
     return _run(settings, show())
+
+
+def _watch_lag(settings: Settings, interval_s: float, stall_after_s: float) -> int:
+    from app.operations.lag_watch import watch
+
+    async def live() -> int:
+        async with _engine(settings) as engine:
+            await watch(
+                settings,
+                engine,
+                interval_s=interval_s,
+                stall_after_s=stall_after_s,
+                explain=lambda exc: _explain(settings, exc),
+            )
+        return 0
+
+    try:
+        return _run(settings, live())
+    except KeyboardInterrupt:  # how a watch ends: asyncio.run cancelled it, the view was closed
+        return 0
 
 
 def offsets_reset(settings: Settings, args: argparse.Namespace) -> int:

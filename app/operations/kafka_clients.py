@@ -61,7 +61,11 @@ async def admin_client(settings: KafkaSettings) -> AsyncIterator[AIOKafkaAdminCl
 
 @asynccontextmanager
 async def offsets_consumer(
-    settings: KafkaSettings, group_id: str | None = None, *, auto_offset_reset: str = "latest"
+    settings: KafkaSettings,
+    group_id: str | None = None,
+    *,
+    auto_offset_reset: str = "latest",
+    isolation_level: str = "read_uncommitted",
 ) -> AsyncIterator[AIOKafkaConsumer]:
     """A consumer that never joins a group: for offset look-ups, explicit commits, and reading
     partitions it is assigned by hand."""
@@ -70,6 +74,7 @@ async def offsets_consumer(
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset=auto_offset_reset,
+        isolation_level=isolation_level,
         client_id=f"{settings.client_id}-ops",
         request_timeout_ms=settings.request_timeout_ms,
         **kafka_client_security(settings),

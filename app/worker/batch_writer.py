@@ -19,6 +19,7 @@ A crash anywhere before COMMIT redoes the batch; after it, nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aiokafka.errors import KafkaError
@@ -29,7 +30,7 @@ from app.db.positions import advance_positions, claim_partitions
 from app.worker import faults
 from app.worker.dlq_publisher import DeadLetterPublisher, Letter, Undeliverable
 from app.worker.failures import describe
-from app.worker.order_store import insert_orders
+from app.worker.order_store import IncomingOrder, insert_orders
 from app.worker.records import OffsetGap, PreparedBatch
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class BatchOutcome:
     fenced: dict[int, int] = field(default_factory=dict)  # partition -> its stored position
     written: PreparedBatch | None = None  # the part of the batch that was not fenced
     inserted: int = 0
+    stored: Sequence[IncomingOrder] = ()  # the orders newly inserted (`inserted` of them)
+    duplicates: int = 0  # orders of the batch that were stored already (redeliveries)
     dead_lettered: int = 0
     quarantined: int = 0
     skipped_offsets: int = 0
@@ -93,6 +96,8 @@ class BatchWriter:
             await advance_positions(connection, **ids, spans=batch.spans)
             faults.hit("inside_db_transaction")
         outcome.inserted = inserted.inserted
+        outcome.stored = inserted.stored
+        outcome.duplicates = len(batch.orders) - inserted.inserted - len(inserted.refused)
         outcome.dead_lettered = len(letters) - len(undeliverable)
         outcome.quarantined = len(undeliverable)
         outcome.skipped_offsets = sum(gap.end - gap.start for gap in batch.gaps)

@@ -26,22 +26,28 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import tracing
 from app.db.positions import read_positions
 from app.kafka_security import kafka_client_security
 from app.settings import Settings
 from app.worker import faults, records
 from app.worker.batch_writer import BatchOutcome, BatchWriter, Scope
+from app.worker.conditions import Conditions
 from app.worker.dlq_publisher import DeadLetterPublisher
-from app.worker.failures import Verdict, classify
+from app.worker.failures import Verdict, classify, describe
 from app.worker.fetch_positions import Batch, Bounds, FetchPositions
+from app.worker.metrics import NoMetrics
 from app.worker.out_of_range import recover_out_of_range
 from app.worker.records import PreparedBatch
 
@@ -67,8 +73,27 @@ class WorkerStats:
 
 
 class OrderWorker:
-    def __init__(self, settings: Settings, engine: AsyncEngine, name: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        name: str | None = None,
+        tracer_provider: TracerProvider | None = None,
+        metrics: NoMetrics | None = None,
+    ) -> None:
         self.settings = settings
+        # Prometheus metrics (app.worker.metrics); the no-op kind unless the caller gives some.
+        self.metrics = metrics or NoMetrics()
+        # What may be holding partitions back right now, for the stall detector's log lines.
+        self.conditions = Conditions()
+        self.joined = False  # a first assignment arrived (readiness)
+        # Tracing (app.tracing): the given provider (tests), else OTEL_*; off by default (None).
+        self._tracer = tracing.tracer_of(
+            tracer_provider
+            or tracing.from_environment(
+                tracing.WORKER_SERVICE, max_links=settings.worker.max_records
+            )
+        )
         self.engine = engine
         self.name = name or worker_name()
         self.stats = WorkerStats()
@@ -79,11 +104,17 @@ class OrderWorker:
         self._unreadable = 0  # fetches in a row that failed on a record (for the back-off)
         # Partitions _on_assigned has positioned (or tried to), since they were assigned.
         self._positioned_on_assignment: set[TopicPartition] = set()
+        self._held: set[TopicPartition] = set()  # paused by the block fault point (faults.py)
+        # The orders partitions this member owns: emptied of revoked ones when the revocation
+        # begins. The consumer's assignment() still lists them until the next assignment arrives,
+        # and the stall detector must not judge (nor report) partitions we already gave up.
+        self._owned: set[TopicPartition] = set()
         self.reset_clients()
 
     def reset_clients(self) -> None:
         """Fresh Kafka clients (aiokafka clients cannot be restarted after a failed start)."""
         self._consumer = self._build_consumer()
+        self._owned = set()  # a fresh consumer owns nothing until it is assigned partitions
         self._positions = FetchPositions(self._consumer)
         self._dead_letters = DeadLetterPublisher(
             self.settings.kafka, self.name, self.settings.worker.commit_timeout_s
@@ -128,6 +159,15 @@ class OrderWorker:
         await self._consumer.start()
         log.info("worker %s joined group %s on topic %s", self.name, self._group, self._topic)
 
+    def owned_partitions(self) -> list[TopicPartition]:
+        """The partitions of the orders topic this member owns now."""
+        return sorted(self._owned, key=lambda tp: tp.partition)
+
+    async def log_ends(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Each partition's log end; under read_committed, its last stable offset."""
+        ends: dict[TopicPartition, int] = await self._consumer.end_offsets(partitions)
+        return ends
+
     def request_stop(self) -> None:
         """Finish the batch in flight, commit it, then leave the group."""
         self._stopping.set()
@@ -154,6 +194,9 @@ class OrderWorker:
         try:
             while not self._stopping.is_set():
                 batch, bounds = await self._fetch()
+                if faults.BLOCK_PARTITION is not None:
+                    batch, bounds = self._hold_back(faults.BLOCK_PARTITION, batch, bounds)
+                self.metrics.fetched(batch)
                 if not batch and not bounds and storing is None:
                     # Idle: make sure no offsets were passed unaccounted (fetch_positions).
                     for tp in self._positions.reconcile():
@@ -168,13 +211,20 @@ class OrderWorker:
                     if failure is not None:
                         # Both the failed batch and the one fetched behind it are fetched again.
                         self.stats.retries += 1
+                        self.metrics.batch_retried()
                         log.warning(
                             "batch failed (%r); retrying from its start in %.1fs", failure, backoff
+                        )
+                        self.conditions.note(
+                            "batch",
+                            f"retrying a failed batch ({describe(failure) or repr(failure)}); "
+                            f"paused for a back-off of {backoff:.1f}s",
                         )
                         await self._back_off([stored, prepared], backoff)
                         backoff = min(backoff * 2, self.settings.worker.retry_backoff_max_s)
                         continue
                     backoff = self.settings.worker.retry_backoff_initial_s
+                    self.conditions.clear("batch")
                 if prepared is not None and prepared.spans:
                     storing = asyncio.create_task(self._store_in_time(prepared))
                     stored = prepared
@@ -224,6 +274,7 @@ class OrderWorker:
             await self._fetch_failed(exc)
         else:
             self._unreadable = 0
+            self.conditions.clear("fetch")
             return fetched
         return {}, {}
 
@@ -242,10 +293,12 @@ class OrderWorker:
         if unaccounted:
             await self._position(unaccounted, "positioned again after a failed fetch")
         if classify(exc) is Verdict.TRANSIENT and isinstance(exc, KafkaError):
+            self.conditions.note("fetch", f"fetch failing: {exc!r}")
             log.warning("fetch failed (%r); fetching again", exc)
-            await asyncio.sleep(self.settings.worker.retry_backoff_initial_s)
+            await self._pause(self.settings.worker.retry_backoff_initial_s)
             return
         self._unreadable += 1
+        self.conditions.note("fetch", f"fetch failing on an undecodable record: {exc!r}")
         delay = min(
             self.settings.worker.retry_backoff_initial_s * 2**self._unreadable,
             self.settings.worker.retry_backoff_max_s,
@@ -256,7 +309,16 @@ class OrderWorker:
             exc,
             delay,
         )
-        await asyncio.sleep(delay)
+        await self._pause(delay)
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep before fetching again: the member moves nothing meanwhile, so it shows as
+        backing off (orders_worker_backing_off), as in _back_off."""
+        self.metrics.backing_off(on=True)
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self.metrics.backing_off(on=False)
 
     async def _recover(self, exc: OffsetOutOfRangeError) -> None:
         positions: dict[TopicPartition, int] = exc.args[0] if exc.args else {}
@@ -282,7 +344,9 @@ class OrderWorker:
     # --- one batch -------------------------------------------------------------------------
 
     async def _store_in_time(self, prepared: PreparedBatch) -> None:
-        await asyncio.wait_for(self._store(prepared), self.settings.worker.batch_timeout_s)
+        # One span per batch transaction, linked to each record's producer span (if tracing).
+        with tracing.processing(self._tracer, self._topic, self._group, prepared.records()):
+            await asyncio.wait_for(self._store(prepared), self.settings.worker.batch_timeout_s)
 
     async def _store(self, prepared: PreparedBatch) -> None:
         async with self._in_flight:
@@ -291,7 +355,10 @@ class OrderWorker:
             if not prepared.spans:
                 return
             faults.hit("before_db_transaction")
+            began = time.perf_counter()
             outcome = await self._writer.write(prepared)
+            # Just after PostgreSQL's COMMIT: the end of the end-to-end latency.
+            self.metrics.batch_written(outcome, time.perf_counter() - began, datetime.now(UTC))
             faults.hit("after_db_commit")
             for partition, position in outcome.fenced.items():
                 # Someone else moved this partition on: whatever we fetched is not ours to write.
@@ -302,7 +369,11 @@ class OrderWorker:
                     next(s.start for s in prepared.spans if s.partition == partition),
                 )
                 self._positions.seek(TopicPartition(self._topic, partition), position)
+                self.conditions.hold(
+                    partition, f"fenced: another member moved the position (stored at {position})"
+                )
             written = outcome.written.spans if outcome.written is not None else []
+            self.conditions.release(s.partition for s in written)
             await self._commit_to_kafka(
                 {
                     TopicPartition(self._topic, s.partition): OffsetAndMetadata(s.end, "")
@@ -321,7 +392,10 @@ class OrderWorker:
             )
         except (TimeoutError, KafkaError) as exc:
             # PostgreSQL already holds the truth; the next owner seeks from there.
+            self.metrics.kafka_commit(ok=False)
             log.warning("Kafka commit failed (%r); positions are safe in PostgreSQL", exc)
+        else:
+            self.metrics.kafka_commit(ok=True)
 
     async def _back_off(self, batches: list[PreparedBatch | None], delay: float) -> None:
         """Rewind to the start of every unstored span, pause fetching, and keep polling (so we
@@ -335,6 +409,7 @@ class OrderWorker:
         for tp, offset in rewind.items():
             if tp in assigned:
                 self._positions.seek(tp, offset)
+        self.metrics.backing_off(on=True)
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + delay
@@ -350,6 +425,35 @@ class OrderWorker:
                             self._positions.seek(tp, before.get(tp, fetched[0].offset))
         finally:
             self._consumer.resume(*self._consumer.assignment())
+            self.metrics.backing_off(on=False)
+
+    def _hold_back(self, partition: int, batch: Batch, bounds: Bounds) -> tuple[Batch, Bounds]:
+        """The ORDERS_FAULT_BLOCK_PARTITION fault point (app.worker.faults): while it blocks,
+        the partition's records leave the batch before anything is written, the partition goes
+        back to where they began (as a retried batch would) and stays paused; the others flow."""
+        tp = TopicPartition(self._topic, partition)
+        if not faults.blocking():
+            if tp in self._held:
+                self._held.discard(tp)
+                self.conditions.release([partition])
+                if tp in self._consumer.assignment():
+                    self._consumer.resume(tp)
+                log.info("partition %d: fault point no longer blocks it", partition)
+            return batch, bounds
+        if tp not in self._consumer.assignment():
+            return batch, bounds
+        records = batch.pop(tp, None)
+        start, _ = bounds.pop(tp, (None, None))
+        if start is None and records:
+            start = records[0].offset
+        if start is not None:
+            self._positions.seek(tp, start)
+        self._consumer.pause(tp)
+        if tp not in self._held:
+            self._held.add(tp)
+            log.warning("partition %d: blocked by fault point, held at %s", partition, start)
+        self.conditions.hold(partition, "blocked by fault point")
+        return batch, bounds
 
     def _count(self, outcome: BatchOutcome) -> None:
         written = outcome.written
@@ -370,8 +474,15 @@ class OrderWorker:
     # --- rebalancing -----------------------------------------------------------------------
 
     async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        revoked = set(revoked)
+        self._owned.difference_update(revoked)  # first: before waiting for the batch in flight
         self._positions.forget(revoked)
         self._positioned_on_assignment.difference_update(revoked)
+        self._held.difference_update(revoked)
+        gone = [tp.partition for tp in revoked if tp.topic == self._topic]
+        self.conditions.release(gone)
+        self.metrics.forget_partitions(gone)
+        self.metrics.rebalanced("revoked", len(self._owned))
         try:
             async with asyncio.timeout(self.settings.worker.batch_timeout_s):
                 async with self._in_flight:
@@ -384,6 +495,9 @@ class OrderWorker:
         mine = sorted(
             (tp for tp in assigned if tp.topic == self._topic), key=lambda tp: tp.partition
         )
+        self._owned = set(mine)
+        self.joined = True
+        self.metrics.rebalanced("assigned", len(mine))
         if not mine:
             return
         await self._position(mine, "assigned")

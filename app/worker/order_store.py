@@ -49,6 +49,8 @@ class Refusal:
 class InsertOutcome:
     inserted: int
     refused: list[Refusal]
+    # The orders that were newly inserted (for the end-to-end latency: redeliveries excluded).
+    stored: Sequence[IncomingOrder] = ()
 
 
 # One array per column of a batch of orders (see _order_columns), bound to unnest().
@@ -109,6 +111,7 @@ _INSERT_ORDERS = text(
     SELECT n.order_id, n.customer_id, l.sequence + n.n, CAST(n.items AS jsonb),
            n.total, n.currency, n.accepted_at, n.kafka_partition, n.kafka_offset
     FROM numbered AS n JOIN last_stored AS l USING (customer_id)
+    RETURNING kafka_partition, kafka_offset
     """
 ).bindparams(*_ORDER_ARRAYS)
 
@@ -140,7 +143,8 @@ async def insert_orders(
     if not orders:
         return InsertOutcome(0, [])
     try:
-        return InsertOutcome(await _insert_orders(connection, orders), [])
+        stored = await _insert_orders(connection, orders)
+        return InsertOutcome(len(stored), [], stored)
     except DBAPIError as exc:
         if classify(exc) is not Verdict.RECORD:
             raise
@@ -150,24 +154,33 @@ async def insert_orders(
     middle = len(orders) // 2
     first = await insert_orders(connection, orders[:middle])
     second = await insert_orders(connection, orders[middle:])
-    return InsertOutcome(first.inserted + second.inserted, first.refused + second.refused)
+    return InsertOutcome(
+        first.inserted + second.inserted,
+        first.refused + second.refused,
+        [*first.stored, *second.stored],
+    )
 
 
-async def _insert_orders(connection: AsyncConnection, orders: Sequence[IncomingOrder]) -> int:
-    """Each statement runs under a savepoint, so that a refusal leaves the transaction usable."""
+async def _insert_orders(
+    connection: AsyncConnection, orders: Sequence[IncomingOrder]
+) -> Sequence[IncomingOrder]:
+    """The orders inserted. Each statement runs under a savepoint, so that a refusal leaves the
+    transaction usable."""
     columns = _order_columns(orders)
     if len({order.envelope.order_id for order in orders}) == len(orders):
         try:
             async with connection.begin_nested():
-                result = await connection.execute(_INSERT_NEW_ORDERS, columns)
+                await connection.execute(_INSERT_NEW_ORDERS, columns)
         except IntegrityError as exc:
             if not _is_order_id_conflict(exc):
                 raise
         else:
-            return int(result.rowcount)
+            return orders  # every one of them, or the statement would have failed
     async with connection.begin_nested():
         result = await connection.execute(_INSERT_ORDERS, columns)
-    return int(result.rowcount)
+    # Matched by record, not order id: a batch may carry one order id twice (one is stored).
+    inserted = {(row.kafka_partition, row.kafka_offset) for row in result}
+    return [o for o in orders if (o.partition, o.offset) in inserted]
 
 
 def _is_order_id_conflict(exc: IntegrityError) -> bool:

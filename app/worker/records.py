@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from app import contract, dlq_headers
@@ -51,6 +51,13 @@ class PreparedBatch:
     @property
     def size(self) -> int:
         return sum(span.end - span.start for span in self.spans)
+
+    def records(self) -> Iterator[Record]:
+        """Every record of the batch: its orders, the expired ones, the poison."""
+        for order in itertools.chain(self.orders, self.expired):
+            yield order.record
+        for poison in self.poison:
+            yield poison.record
 
     def only(self, partitions: set[int]) -> PreparedBatch:
         """The part of the batch on these partitions (those still assigned, or not fenced)."""

@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
-"""`make bench-worker`: how fast one worker drains the topic, against two references.
+"""`make bench-worker`: how fast one worker drains the topic, against two references, and what
+its Prometheus metrics cost.
 
-In one run, on a database of its own (`orders_bench`):
+In one run, on databases of its own (`orders_bench_<run>_<round>`, dropped when done):
 1. fill a fresh topic with N orders (BENCH_ORDERS, default 200,000) for 1,000 customers;
-2. the worker: one `orders worker` process drains it; its resident memory is sampled meanwhile;
+2. the worker: one `orders worker` process drains it, in rounds that alternate METRICS_ENABLED
+   true and false (on, off, off, on, ...: BENCH_METRICS_ROUNDS per setting, default 2), each
+   round a fresh database and consumer group over the same records, with /metrics scraped every
+   BENCH_SCRAPE_S (default 5) as Prometheus would; resident memory is sampled meanwhile;
 3. the raw ceiling: asyncpg alone inserting the same rows, in transactions of the same size,
    with no Kafka at all;
 4. a naive worker: one DB transaction and one Kafka commit per message (measured on the first
    BENCH_NAIVE_ORDERS records, default 5,000: at its pace all of them would take minutes).
 Targets (issue 4): worker >= 50% of the raw ceiling and >= 20x the naive worker; RSS < 200 MB.
+Target (issue 12): with metrics on, the drain rate within 5% of the rate with metrics off (the
+median of the ratios within pairs of back-to-back rounds, one on and one off).
 Prints one JSON line with every number, and exits 1 when a target is missed.
 """
 
@@ -17,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -26,19 +34,28 @@ from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
+import httpx
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import ConsumerRecord, TopicPartition
+from prometheus_client import CollectorRegistry
 
 from app import contract
 from app.db.migrate import upgrade_database
+from app.db.positions import PartitionSpan
 from app.settings import DatabaseSettings, get_settings
 from app.topics import ensure_topics
+from app.worker.batch_writer import BatchOutcome
+from app.worker.metrics import WorkerMetrics
+from app.worker.order_store import IncomingOrder
+from app.worker.records import PreparedBatch
 
 ROOT = Path(__file__).resolve().parents[2]
 ORDERS_CMD = str(ROOT / ".venv" / "bin" / "orders")
 TOTAL = int(os.environ.get("BENCH_ORDERS", "200000"))
 NAIVE = int(os.environ.get("BENCH_NAIVE_ORDERS", "5000"))
+METRICS_ROUNDS = int(os.environ.get("BENCH_METRICS_ROUNDS", "2"))
+SCRAPE_S = float(os.environ.get("BENCH_SCRAPE_S", "5"))
 CUSTOMERS = 1000
 
 
@@ -91,22 +108,30 @@ async def fill_topic(bootstrap: str, topic: str, run: str) -> float:
     return time.perf_counter() - started
 
 
-async def prepare_database(url: str, owner_url: str) -> str:
-    """A fresh `orders_bench` database on the configured server, created and migrated by the
-    schema's owner; returns the application role's URL of it."""
+async def prepare_database(url: str, owner_url: str, name: str) -> str:
+    """A fresh database `name` on the configured server, created and migrated by the schema's
+    owner; returns the application role's URL of it."""
     admin = await asyncpg.connect(plain(owner_url).rsplit("/", 1)[0] + "/postgres")
     try:
-        await admin.execute("DROP DATABASE IF EXISTS orders_bench WITH (FORCE)")
-        await admin.execute("CREATE DATABASE orders_bench")
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    bench_url = url.rsplit("/", 1)[0] + "/orders_bench"
-    migration_url = owner_url.rsplit("/", 1)[0] + "/orders_bench"
+    bench_url = url.rsplit("/", 1)[0] + f"/{name}"
+    migration_url = owner_url.rsplit("/", 1)[0] + f"/{name}"
     await asyncio.to_thread(
         upgrade_database,
         DatabaseSettings(url=bench_url, migration_url=migration_url),  # type: ignore[arg-type]
     )
     return bench_url
+
+
+async def drop_database(owner_url: str, name: str) -> None:
+    admin = await asyncpg.connect(plain(owner_url).rsplit("/", 1)[0] + "/postgres")
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 async def stored_total(connection: asyncpg.Connection, group: str, topic: str) -> int:
@@ -119,9 +144,37 @@ async def stored_total(connection: asyncpg.Connection, group: str, topic: str) -
     return int(value)
 
 
-async def run_worker(url: str, env: dict[str, str], group: str, topic: str) -> dict[str, float]:
-    """One `orders worker` process drains the topic; returns its rate and peak RSS."""
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def scrape(client: httpx.AsyncClient, port: int) -> str:
+    try:
+        response = await client.get(f"http://127.0.0.1:{port}/metrics")
+    except httpx.TransportError:
+        return ""  # not listening yet
+    return response.text if response.status_code == 200 else ""
+
+
+def sample_value(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return None
+
+
+async def run_worker(
+    url: str, env: dict[str, str], group: str, topic: str, port: int
+) -> dict[str, float]:
+    """One `orders worker` process drains the topic; returns its rate and peak RSS (and, when
+    its metrics are on, what they counted)."""
     connection = await asyncpg.connect(plain(url))
+    scraper = httpx.AsyncClient(timeout=5)
+    last_scrape = 0.0
+    scraped = ""
     # A plain Popen: the worker runs on its own while this loop polls PostgreSQL.
     worker = subprocess.Popen(  # noqa: ASYNC220
         [ORDERS_CMD, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -134,6 +187,9 @@ async def run_worker(url: str, env: dict[str, str], group: str, topic: str) -> d
         while True:
             done = await stored_total(connection, group, topic)
             peak_rss = max(peak_rss, process.memory_info().rss)
+            if time.perf_counter() - last_scrape >= SCRAPE_S:
+                last_scrape = time.perf_counter()
+                scraped = await scrape(scraper, port)
             if done and first_progress is None:
                 first_progress = time.perf_counter()
             if done >= TOTAL:
@@ -143,18 +199,57 @@ async def run_worker(url: str, env: dict[str, str], group: str, topic: str) -> d
             await asyncio.sleep(0.2)
         finished = time.perf_counter()
         cpu = process.cpu_times()
+        scraped = await scrape(scraper, port)
     finally:
         worker.terminate()
         worker.wait(60)
         await connection.close()
+        await scraper.aclose()
     assert first_progress is not None
+    counted = {
+        name: sample_value(scraped, name)
+        for name in ("orders_stored_total", "orders_end_to_end_seconds_count")
+    }
     return {
+        **{f"counted_{name}": value for name, value in counted.items() if value is not None},
         "orders_per_s": round(TOTAL / (finished - first_progress), 1),
         "orders_per_s_including_start": round(TOTAL / (finished - started), 1),
         "peak_rss_mb": round(peak_rss / 2**20, 1),
         # The steadiest figure on a shared machine: the worker's own CPU (start-up included).
         "cpu_us_per_order": round((cpu.user + cpu.system) / TOTAL * 1e6, 1),
     }
+
+
+def metrics_cost_us_per_order(batch: int, rounds: int = 200) -> float:
+    """The worker's metric calls for one batch of `batch` new orders (records fetched, the
+    batch written with its end-to-end latencies, the Kafka commit), in this process: the
+    steady figure beside the drains' rates, which a shared machine makes noisy."""
+    run = "metrics-cost"
+    orders = [
+        IncomingOrder(
+            envelope(n, run),
+            n % 6,
+            n,
+            ConsumerRecord("t", n % 6, n, 0, 1, None, b"", None, 0, 0, ()),
+        )
+        for n in range(batch)
+    ]
+    spans = [PartitionSpan(p, 0, batch) for p in range(6)]
+    outcome = BatchOutcome(
+        written=PreparedBatch(orders=orders, poison=[], spans=spans),
+        inserted=batch,
+        stored=orders,
+    )
+    fetched = {
+        TopicPartition("t", p): [o.record for o in orders if o.partition == p] for p in range(6)
+    }
+    metrics = WorkerMetrics("t", CollectorRegistry())
+    started = time.perf_counter()
+    for _ in range(rounds):
+        metrics.fetched(fetched)
+        metrics.batch_written(outcome, 0.01, datetime.now(UTC))
+        metrics.kafka_commit(ok=True)
+    return round((time.perf_counter() - started) / rounds / batch * 1e6, 3)
 
 
 async def raw_ceiling(url: str, run: str, batch: int) -> float:
@@ -239,21 +334,68 @@ async def main() -> int:
     topic, group = f"bench-worker-{run}", f"bench-workers-{run}"
     kafka = settings.kafka.model_copy(update={"orders_topic": topic, "dlq_topic": f"{topic}.DLQ"})
     await ensure_topics(kafka)
-    url = await prepare_database(str(settings.database.url), str(settings.database.owner_url))
     fill_s = await fill_topic(kafka.bootstrap_servers, topic, run)
-    env = {
-        **os.environ,
-        "KAFKA_ORDERS_TOPIC": topic,
-        "KAFKA_DLQ_TOPIC": f"{topic}.DLQ",
-        "WORKER_GROUP_ID": group,
-        "DATABASE_URL": url,
-        "LOG_LEVEL": "WARNING",
-    }
-    worker = await run_worker(url, env, group, topic)
-    ceiling = await raw_ceiling(url, run, settings.worker.max_records)
-    naive = await naive_worker(url, kafka.bootstrap_servers, topic, f"naive-{run}")
+    drains: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+    rounds: list[dict[str, float]] = []
+    owner_url = str(settings.database.owner_url)
+    database = ""
+    for round_ in range(2 * METRICS_ROUNDS):
+        metrics_on = round_ % 4 in (0, 3)  # on, off, off, on: a drift favours neither
+        # A fresh database and group each round: every round stores the same records anew.
+        if database:
+            await drop_database(owner_url, database)
+        database = f"orders_bench_{run}_{round_}"
+        url = await prepare_database(str(settings.database.url), owner_url, database)
+        round_group, port = f"{group}-{round_}", free_port()
+        env = {
+            **os.environ,
+            "KAFKA_ORDERS_TOPIC": topic,
+            "KAFKA_DLQ_TOPIC": f"{topic}.DLQ",
+            "WORKER_GROUP_ID": round_group,
+            "DATABASE_URL": url,
+            "LOG_LEVEL": "WARNING",
+            "METRICS_ENABLED": str(metrics_on).lower(),
+            "WORKER_METRICS_PORT": str(port),
+        }
+        drain = await run_worker(url, env, round_group, topic, port)
+        print(
+            f"round {round_ + 1}: metrics {'on' if metrics_on else 'off'}: {drain}", file=sys.stderr
+        )
+        drains[metrics_on].append(drain)
+        rounds.append(drain)
+    on, off = drains[True], drains[False]
+    # Rounds 1+2, 3+4, ... each pair one round on and one off, run back to back: the ratio
+    # within a pair is free of the drift between pairs (a cold first round, a busy neighbour).
+    pairs = [
+        (rounds[i], rounds[i + 1]) if i % 4 == 0 else (rounds[i + 1], rounds[i])
+        for i in range(0, len(rounds) - 1, 2)
+    ]
+    paired_rate = statistics.median(a["orders_per_s"] / b["orders_per_s"] for a, b in pairs)
+    paired_cpu = statistics.median(a["cpu_us_per_order"] / b["cpu_us_per_order"] for a, b in pairs)
+    worker = _median_of(on + off)
+    try:
+        ceiling = await raw_ceiling(url, run, settings.worker.max_records)
+        naive = await naive_worker(url, kafka.bootstrap_servers, topic, f"naive-{run}")
+    finally:
+        await drop_database(owner_url, database)
+    on_rate, off_rate = _median(on, "orders_per_s"), _median(off, "orders_per_s")
+    metrics_counted = all(
+        d.get("counted_orders_stored_total") == TOTAL
+        and d.get("counted_orders_end_to_end_seconds_count") == TOTAL
+        for d in on
+    )
     result = {
         "orders": TOTAL,
+        "metrics_rounds_per_setting": METRICS_ROUNDS,
+        "metrics_on_orders_per_s": on_rate,
+        "metrics_off_orders_per_s": off_rate,
+        "metrics_on_vs_off_rate": round(on_rate / off_rate, 3),
+        "metrics_on_cpu_us_per_order": _median(on, "cpu_us_per_order"),
+        "metrics_off_cpu_us_per_order": _median(off, "cpu_us_per_order"),
+        "metrics_on_vs_off_rate_paired": round(paired_rate, 3),
+        "metrics_on_vs_off_cpu_paired": round(paired_cpu, 3),
+        "metrics_on_counted_every_order": metrics_counted,
+        "metrics_calls_us_per_order": metrics_cost_us_per_order(settings.worker.max_records),
         "fill_orders_per_s": round(TOTAL / fill_s, 1),
         "batch_size": settings.worker.max_records,
         "worker_orders_per_s": worker["orders_per_s"],
@@ -270,9 +412,23 @@ async def main() -> int:
         result["worker_vs_raw"] >= 0.5
         and result["worker_vs_naive"] >= 20
         and worker["peak_rss_mb"] < 200
+        and paired_rate >= 0.95
+        and metrics_counted
     )
     print("targets met" if met else "TARGETS MISSED", file=sys.stderr)
     return 0 if met else 1
+
+
+def _median(drains: list[dict[str, float]], key: str) -> float:
+    return round(statistics.median(d[key] for d in drains), 1)
+
+
+def _median_of(drains: list[dict[str, float]]) -> dict[str, float]:
+    """Every round's figures, each the median over the rounds (peak RSS: the highest)."""
+    keys = ("orders_per_s", "orders_per_s_including_start", "cpu_us_per_order")
+    found = {key: _median(drains, key) for key in keys}
+    found["peak_rss_mb"] = max(d["peak_rss_mb"] for d in drains)
+    return found
 
 
 if __name__ == "__main__":

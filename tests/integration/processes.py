@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,14 @@ ORDERS = str(Path(sys.executable).with_name("orders"))
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment variables that reproduce `settings` in a child process."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(_PREFIXES)}
-    groups = (settings.kafka, settings.database, settings.api, settings.worker, settings.auth)
+    groups = (
+        settings.kafka,
+        settings.database,
+        settings.api,
+        settings.worker,
+        settings.auth,
+        settings.metrics,
+    )
     for group in groups:
         assert isinstance(group, BaseSettings)
         prefix = str(group.model_config.get("env_prefix", ""))
@@ -31,7 +39,14 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-_PREFIXES = ("KAFKA_", "DATABASE_", "API_", "WORKER_", "AUTH_", "ORDERS_FAULT")
+_PREFIXES = ("KAFKA_", "DATABASE_", "API_", "WORKER_", "AUTH_", "METRICS_", "ORDERS_FAULT")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 class OrdersProcess:
@@ -39,6 +54,10 @@ class OrdersProcess:
 
     def __init__(self, command: str, settings: Settings, log_dir: Path, **env: str) -> None:
         self.command = command
+        if command == "worker" and "WORKER_METRICS_PORT" not in env:
+            # Each worker its own status port (/metrics, /readyz): several run side by side.
+            env["WORKER_METRICS_PORT"] = str(free_port())
+        self.metrics_port = int(env.get("WORKER_METRICS_PORT", "0"))
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{command}-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("wb")
