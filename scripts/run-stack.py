@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from as_principal import principal_environment
+from monitoring_tools import local_prometheus
 from stop_processes import stop_processes
 
 ORDERS = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "orders")
@@ -55,6 +56,9 @@ def try_it(base_url: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--prometheus", type=Path, help="MONITORING=1: this Prometheus binary scrapes the stack"
+    )
     args = parser.parse_args()
     host = os.environ.get("API_HOST", "127.0.0.1")
     port = os.environ.get("API_PORT", "8000")
@@ -65,12 +69,29 @@ def main() -> int:
     api_env = principal_environment("orders-api")
     worker_env = principal_environment("orders-worker")
     processes = [subprocess.Popen([ORDERS, "api"], env=api_env, start_new_session=True)]
+    # Each worker its own metrics port (WORKER_METRICS_PORT + i): one host, one port each.
+    base_port = int(os.environ.get("WORKER_METRICS_PORT", "9100"))
+    ports = local_prometheus.worker_ports(args.workers, base_port)
     processes += [
-        subprocess.Popen([ORDERS, "worker"], env=worker_env, start_new_session=True)
-        for _ in range(args.workers)
+        subprocess.Popen(
+            [ORDERS, "worker"],
+            env={**worker_env, "WORKER_METRICS_PORT": str(port)},
+            start_new_session=True,
+        )
+        for port in ports
     ]
+    monitoring = ""
+    if args.prometheus:
+        worker_host = os.environ.get("WORKER_METRICS_HOST", "127.0.0.1")
+        workers = [local_prometheus.target(worker_host, p) for p in ports if p]
+        api = local_prometheus.target(host, int(port))
+        processes.append(local_prometheus.start(args.prometheus, api, workers))
+        monitoring = (
+            f"  Prometheus: http://{local_prometheus.LISTEN} (HTTP API: /api/v1/alerts, "
+            "/api/v1/targets, /api/v1/query)\n"
+        )
     print(
-        f"\n  API:  http://{host}:{port}\n  docs: http://{host}:{port}/docs\n"
+        f"\n  API:  http://{host}:{port}\n  docs: http://{host}:{port}/docs\n{monitoring}"
         f"  {args.workers} workers in group {os.environ.get('WORKER_GROUP_ID', 'order-workers')}"
         "\n  Ctrl-C stops everything (Kafka and PostgreSQL keep running: `make down`)\n"
         f"\n  Try it (a service token, both scopes, 8 hours):\n{example}",

@@ -464,8 +464,11 @@ def test_startup_order_waits_for_health_and_migrations(stack: tuple[str, ...]) -
     for name in ("api", "worker"):
         condition = services[name]["depends_on"]["migrate"]["condition"]
         assert condition == "service_completed_successfully", name
-    for name in ("migrate", "worker"):  # the image's HEALTHCHECK probes the API's port
-        assert services[name]["healthcheck"] == {"disable": True}, name
+    # The image's HEALTHCHECK probes the API's port: migrate has none, the worker its own.
+    assert services["migrate"]["healthcheck"] == {"disable": True}
+    probe = " ".join(services["worker"]["healthcheck"]["test"])
+    port = container_env(services["worker"])["WORKER_METRICS_PORT"]
+    assert f"http://127.0.0.1:{port}/readyz" in probe, probe
 
 
 @STACKS
@@ -645,3 +648,81 @@ def test_dockerignore_keeps_secrets_and_state_out_of_the_build_context() -> None
     for needed in ("pyproject.toml", "app", "migrations"):
         hits = [pattern for pattern in patterns if fnmatch.fnmatch(needed, pattern)]
         assert not hits, f"{needed} is excluded by {hits}"
+
+
+# --- compose: Prometheus and Grafana (monitoring/) ---
+
+MONITORING_SERVICES = ("prometheus", "grafana")
+
+
+def makefile_variable(name: str) -> str:
+    [value] = re.findall(rf"^{name} :?= (\S+)", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    return value
+
+
+@STACKS
+def test_monitoring_runs_pinned_official_images(stack: tuple[str, ...]) -> None:
+    services = resolved(stack)
+    # The Go module v0.MMM.P is Prometheus 3.MM.P: compose runs what `make promtool` checks with.
+    module = re.fullmatch(r"v0\.3(\d\d)\.(\d+)", makefile_variable("PROMETHEUS_VERSION"))
+    assert module, makefile_variable("PROMETHEUS_VERSION")
+    minor, patch = int(module.group(1)), int(module.group(2))
+    assert services["prometheus"]["image"] == f"prom/prometheus:v3.{minor}.{patch}"
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", services["grafana"]["image"])
+
+
+@STACKS
+def test_monitoring_is_published_on_loopback_and_reads_its_files_read_only(
+    stack: tuple[str, ...],
+) -> None:
+    services = resolved(stack)
+    for name in MONITORING_SERVICES:
+        service = services[name]
+        assert service["ports"], name
+        for port in service["ports"]:
+            assert str(port).startswith("127.0.0.1:"), f"{name}: {port}"
+        binds = [volume for volume in service["volumes"] if volume.startswith("./")]
+        assert binds, f"{name}: its provisioning is mounted from monitoring/"
+        for volume in binds:
+            assert volume.endswith(":ro"), f"{name}: {volume} must be read-only"
+            assert volume.startswith("./monitoring/"), volume
+        # Their containers hold none of the app's secrets: no .env, no Kafka or database URL.
+        assert "env_file" not in service, name
+        assert not any(key.startswith(("KAFKA_", "DATABASE_")) for key in environment_of(service))
+
+
+def test_grafanas_admin_password_is_required_not_defaulted() -> None:
+    grafana = load_yaml("compose.yaml")["services"]["grafana"]["environment"]
+    password = grafana["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", password), password
+    assert env_example()["GRAFANA_ADMIN_PASSWORD"] == "", ".env.example must not ship one"
+    without = {k: v for k, v in operator_env().items() if k != "GRAFANA_ADMIN_PASSWORD"}
+    with pytest.raises(KeyError, match="GRAFANA_ADMIN_PASSWORD"):
+        interpolate(load_yaml("compose.yaml"), without)
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+
+
+@STACKS
+def test_prometheus_scrapes_the_api_and_every_worker_replica(
+    stack: tuple[str, ...], no_local_config: pytest.MonkeyPatch
+) -> None:
+    services = resolved(stack)
+    prometheus = services["prometheus"]
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in prometheus["volumes"] if v[0] == "."}
+    config_file = next(a for a in prometheus["command"] if a.startswith("--config.file="))
+    config_path = PurePosixPath(config_file.partition("=")[2])
+    config = load_yaml(str(PurePosixPath(mounted[str(config_path.parent)]) / config_path.name))
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+
+    api_port = build_parser().parse_args(services["api"]["command"]).port
+    assert jobs["orders-api"]["static_configs"] == [{"targets": [f"api:{api_port}"]}]
+
+    # One A record per replica of the worker service: `--scale worker=N` is scraped N times.
+    [discovery] = jobs["orders-worker"]["dns_sd_configs"]
+    assert (discovery["names"], discovery["type"]) == (["worker"], "A")
+    for variable, value in container_env(services["worker"]).items():
+        no_local_config.setenv(variable, value)
+    worker = load_settings().worker
+    assert worker.metrics_host == "0.0.0.0", "reachable from the prometheus container"
+    assert discovery["port"] == worker.metrics_port != 0
+    assert "ports" not in services["worker"], "the workers' metrics are not published"

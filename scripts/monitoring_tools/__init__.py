@@ -1,0 +1,1 @@
+"""Monitoring as code: the Grafana dashboard's generator and the local Prometheus' config."""
