@@ -3,7 +3,6 @@ the API span that accepted each order; with tracing off, records carry no trace 
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -20,12 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import contract, tracing
 from app.api import create_app
 from app.settings import Settings
-from app.worker import OrderWorker
 from tests.integration.api_client import api_client, bearer, order_body, token_for
 from tests.integration.kafka_tools import read_topic
 from tests.integration.oracle import Expectations, wait_until_stored
 from tests.integration.processes import OrdersProcess
 from tests.integration.waiting import eventually
+from tests.integration.worker_harness import worker_running
 
 TRACE_HEADERS = {contract.HEADER_TRACEPARENT, contract.HEADER_TRACESTATE}
 
@@ -78,22 +77,6 @@ async def traced_api(
             yield client
 
 
-@asynccontextmanager
-async def traced_worker(
-    settings: Settings, engine: AsyncEngine, provider: TracerProvider
-) -> AsyncIterator[OrderWorker]:
-    """tests/integration/worker_harness.py's worker_running, traced by `provider`."""
-    worker = OrderWorker(settings, engine, tracer_provider=provider)
-    await worker.start()
-    task = asyncio.create_task(worker.run())
-    try:
-        yield worker
-    finally:
-        worker.request_stop()
-        await asyncio.wait_for(task, 30)
-        await worker.close()
-
-
 def context_of(span: ReadableSpan) -> SpanContext:
     context = span.get_span_context()
     assert context is not None
@@ -119,7 +102,7 @@ async def test_the_worker_batch_span_links_to_the_api_span_that_accepted_each_or
     client_parent = "00f067aa0ba902b7"
     async with (
         traced_api(settings, api_spans.provider) as client,
-        traced_worker(settings, engine, worker_spans.provider),
+        worker_running(settings, engine, worker_spans.provider),
     ):
         for n in range(4):
             customer = f"{run_id}-c{n % 2}"

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiokafka.admin import AIOKafkaAdminClient
+from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.settings import Settings
@@ -14,8 +15,10 @@ from app.worker import OrderWorker
 
 
 @asynccontextmanager
-async def worker_running(settings: Settings, engine: AsyncEngine) -> AsyncIterator[OrderWorker]:
-    worker = OrderWorker(settings, engine)
+async def worker_running(
+    settings: Settings, engine: AsyncEngine, tracer_provider: TracerProvider | None = None
+) -> AsyncIterator[OrderWorker]:
+    worker = OrderWorker(settings, engine, tracer_provider=tracer_provider)
     await worker.start()
     task = asyncio.create_task(worker.run())
     try:
