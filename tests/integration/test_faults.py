@@ -41,7 +41,12 @@ from tests.integration.oracle import (
     stored_positions,
     wait_until_stored,
 )
-from tests.integration.throwaway import ThrowawayCluster, throwaway_cluster, throwaway_postgres
+from tests.integration.throwaway import (
+    OUTAGE_POSTGRES_PORT,
+    ThrowawayCluster,
+    throwaway_cluster,
+    throwaway_postgres,
+)
 from tests.integration.worker_harness import committed_offsets
 
 # Quicker failure detection than production defaults, so scenarios take seconds, not minutes.
@@ -465,7 +470,7 @@ async def test_postgres_down_for_30s_under_load(
     tmp_path: Path,
     pools: Callable[[Settings], WorkerPool],
 ) -> None:
-    with throwaway_postgres(port=55433) as database:
+    with throwaway_postgres(port=OUTAGE_POSTGRES_PORT + 1) as database:
         settings = make_settings(endpoints, database.url, retry_backoff_max_s=2.0, **FAST_GROUP)
         await asyncio.to_thread(upgrade_database, database.settings)
         await ensure_topics(settings.kafka)

@@ -156,8 +156,14 @@ class ThrowawayPostgres:
         subprocess.run(["rm", "-rf", str(self.home)], check=False)
 
 
+# Below Linux's ephemeral range (32768-60999): the tests stop and restart these servers while
+# clients keep reconnecting, and a client connecting to a port nobody listens on can be given
+# that same port as its own (a TCP self-connect), which then keeps the server from binding it.
+OUTAGE_POSTGRES_PORT = 25432
+
+
 @contextmanager
-def throwaway_postgres(port: int = 55432) -> Iterator[ThrowawayPostgres]:
+def throwaway_postgres(port: int = OUTAGE_POSTGRES_PORT) -> Iterator[ThrowawayPostgres]:
     server = ThrowawayPostgres(port)
     server.start()
     try:
