@@ -20,7 +20,7 @@ PROMETHEUS := $(TOOLS_BIN)/prometheus
 -include .env
 export
 
-.PHONY: help deps install up down status migrate run test test-unit test-integration fuzz chaos lint format bench-ingress bench-worker clean promtool prometheus
+.PHONY: help deps install up down status migrate run test test-unit test-integration fuzz chaos lint format lab bench-ingress bench-worker clean promtool prometheus
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -83,6 +83,11 @@ lint: install promtool ## ruff, mypy --strict, hadolint on the Dockerfile, compo
 format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix app tests scripts migrations
 	$(BIN)/ruff format app tests scripts migrations
+
+# The course's experiments on the real broker and PostgreSQL, on topics and groups of the run's own
+# (deleted after). LAB_ARGS adds options, e.g. LAB_ARGS=--json.
+lab: install up migrate ## run the course's lab: delivery semantics, partitioning, groups, offsets (< 10 min)
+	$(BIN)/orders lab all $(LAB_ARGS)
 
 bench-ingress: install up migrate ## accepted orders/s vs a validate-only baseline (wrk)
 	$(BIN)/python scripts/bench/ingress.py

@@ -1,7 +1,9 @@
 """The `orders` command.
 
 Processes: `orders api`, `orders worker`, `orders migrate`.
-Operations: `orders lag`, `orders offsets reset`, `orders dlq list|replay`, `orders skipped`.
+Operations: `orders lag`, `orders offsets reset|delete`, `orders dlq list|replay`,
+`orders skipped`.
+The course's experiments: `orders lab semantics|partitioning|groups|offsets|all`.
 Development: `orders token` (a bearer token signed with the local key).
 """
 
@@ -14,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from app.errors import ConfigurationError, OrdersError
+from app.lab.cli import add_lab_parser
 from app.log_config import configure_logging
 from app.operations import commands as operations
 from app.settings import Settings, get_settings
@@ -168,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("--partition", type=int, action="append", help="repeatable; default all")
     reset.add_argument("--execute", action="store_true", help="apply the plan")
     reset.set_defaults(handler=operations.offsets_reset)
+    delete = offsets_commands.add_parser(
+        "delete",
+        help="delete a group's positions in PostgreSQL and the group in Kafka (plan, then "
+        "--execute with its members stopped)",
+    )
+    delete.add_argument("--group", help="default: WORKER_GROUP_ID (the worker group)")
+    delete.add_argument("--execute", action="store_true", help="delete it")
+    delete.set_defaults(handler=operations.offsets_delete)
 
     dlq = commands.add_parser(
         "dlq", help="records set aside: the dead-letter topic and PostgreSQL's quarantine"
@@ -200,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     skipped.add_argument("--limit", type=int, default=100, help="ranges shown (default 100)")
     skipped.set_defaults(handler=operations.skipped)
 
+    add_lab_parser(commands)
+
     token = commands.add_parser(
         "token",
         help="print a bearer access token signed with the local key (AUTH_LOCAL_KEY_FILE, "
@@ -228,9 +241,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"orders: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    if args.command in {"lag", "offsets", "dlq", "skipped"}:
+    if args.command in {"lag", "offsets", "dlq", "skipped", "lab"}:
         # Operator commands print tables; the client's connection chatter would drown them.
         logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    if args.command == "lab":
+        # The lab forms and breaks groups on purpose: "Heartbeat failed ... rebalancing" is the
+        # subject of the experiment, reported in its tables, not a warning to the reader.
+        logging.getLogger("aiokafka").setLevel(logging.ERROR)
+        # A member subscribing to a topic created a moment before may log "Topic ... not found
+        # in cluster metadata" once, until its metadata catches up: noise, not a lab error.
+        logging.getLogger("aiokafka.cluster").setLevel(logging.CRITICAL)
     handler = args.handler
     code: int = handler(settings, args)
     return code

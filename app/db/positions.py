@@ -2,7 +2,8 @@
 
 PostgreSQL, not Kafka, is the source of truth for the worker group's offsets. The worker claims
 and moves positions inside its batch transaction (app.worker.order_store); the operator commands
-read them (`orders lag`) and set them (`orders offsets reset`). All of it lives here.
+read them (`orders lag`), set them (`orders offsets reset`) and delete a group's (`orders offsets
+delete`). All of it lives here.
 """
 
 from __future__ import annotations
@@ -186,3 +187,32 @@ async def set_position(
             "owner": owner,
         },
     )
+
+
+@dataclass(frozen=True)
+class GroupPosition:
+    topic: str
+    partition: int
+    next_offset: int
+
+
+_GROUP_POSITIONS = text(
+    """
+    SELECT topic, partition, next_offset FROM consumer_positions
+    WHERE group_id = :group_id ORDER BY topic, partition
+    """
+)
+
+_DELETE_GROUP_POSITIONS = text("DELETE FROM consumer_positions WHERE group_id = :group_id")
+
+
+async def group_positions(connection: AsyncConnection, group_id: str) -> list[GroupPosition]:
+    """Every position the group has stored, on every topic."""
+    result = await connection.execute(_GROUP_POSITIONS, {"group_id": group_id})
+    return [GroupPosition(row.topic, row.partition, row.next_offset) for row in result]
+
+
+async def delete_group_positions(connection: AsyncConnection, group_id: str) -> int:
+    """Forget the group (an operator's delete; the group is stopped); how many rows went."""
+    result = await connection.execute(_DELETE_GROUP_POSITIONS, {"group_id": group_id})
+    return int(result.rowcount)

@@ -8,6 +8,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Identity,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -122,4 +123,36 @@ idempotency_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
     CheckConstraint("state IN ('in_flight', 'completed', 'failed')", name="state"),
+)
+
+# `orders lab semantics`: each record a delivery mode's consumer stored, in arrival order (id).
+# No unique constraint on the event, on purpose: at-least-once must be able to store it twice,
+# and the lab counts the copies (app/lab/semantics/).
+lab_deliveries = Table(
+    "lab_deliveries",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("run_id", Text, nullable=False),
+    Column("mode", Text, nullable=False),
+    Column("event_id", BigInteger, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=False),
+    Column(
+        "stored_at", DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp()
+    ),
+    Column("writer", Text, nullable=False),
+    Index(None, "run_id", "mode", "event_id"),
+)
+
+# Where the lab's exactly-once-through-PostgreSQL mode stands on each partition, moved in the
+# same transaction as its rows (consumer_positions, for the lab).
+lab_positions = Table(
+    "lab_positions",
+    metadata,
+    Column("run_id", Text, primary_key=True),
+    Column("mode", Text, primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("next_offset", BigInteger, nullable=False),
+    CheckConstraint("next_offset >= 0", name="next_offset_non_negative"),
 )

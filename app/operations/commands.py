@@ -1,5 +1,5 @@
-"""Handlers of the operator subcommands: `orders lag`, `orders offsets reset`, `orders dlq`,
-`orders skipped`.
+"""Handlers of the operator subcommands: `orders lag`, `orders offsets reset|delete`,
+`orders dlq`, `orders skipped`.
 
 Each prints what it found. What goes wrong on the way (Kafka or PostgreSQL away or refusing, a
 record that cannot be replayed) is one `orders: ...` line on stderr and exit code 1, never a
@@ -139,6 +139,39 @@ def offsets_reset(settings: Settings, args: argparse.Namespace) -> int:
         return 0
 
     return _run(settings, reset())
+
+
+def offsets_delete(settings: Settings, args: argparse.Namespace) -> int:
+    """The course's `consumer group delete`, in both places. A group neither place knows is
+    nothing to delete and exits 0: what was asked for (no such group) holds, so a script that
+    makes sure a group is gone can run twice; the line printed names the group, so a mistyped
+    name shows."""
+    from app.operations.group_delete import delete_group, plan_delete
+
+    group = args.group or settings.worker.group_id
+
+    async def delete() -> int:
+        async with _engine(settings) as engine:
+            plan = await plan_delete(settings, engine, group)
+            if not plan.known:
+                print(f"group {group}: no positions in PostgreSQL, unknown to Kafka: nothing to do")
+                return 0
+            print(f"group {group}: positions in PostgreSQL (the truth): {len(plan.stored)}")
+            for row in plan.stored:
+                print(f"  {row.topic} partition {row.partition}: {row.next_offset}")
+            print(f"offsets committed in Kafka (the mirror): {len(plan.committed)}")
+            for tp, offset in sorted(plan.committed.items()):
+                print(f"  {tp.topic} partition {tp.partition}: {offset}")
+            print(f"active members: {len(plan.members)} {' '.join(plan.members)}".rstrip())
+            if not args.execute:
+                print("plan only: add --execute to delete (with every member stopped)")
+                return 0
+            deleted = await delete_group(settings, engine, group)
+        kafka = "deleted in Kafka" if deleted.in_kafka else "unknown to Kafka"
+        print(f"group {group}: {kafka}; {deleted.positions} position(s) deleted from PostgreSQL")
+        return 0
+
+    return _run(settings, delete())
 
 
 def dlq_list(settings: Settings, args: argparse.Namespace) -> int:

@@ -8,7 +8,6 @@ command must instead say, within a bound, that Kafka did not answer (`KafkaComma
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -18,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
+from app.closing import close_quietly
 from app.errors import OrdersError
 from app.kafka_security import kafka_client_security
 from app.settings import KafkaSettings
@@ -88,8 +88,7 @@ async def offsets_consumer(
 
 async def _quietly(settings: KafkaSettings, closing: Awaitable[None]) -> None:
     # Closing must not hide the error that got us here, nor wait for a broker that is gone.
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(closing, settings.request_timeout_ms / 1000)
+    await close_quietly(closing, settings.request_timeout_ms / 1000)
 
 
 async def topic_partitions(

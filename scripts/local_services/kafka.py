@@ -419,5 +419,10 @@ def kafka_answers(
 
 
 def kafka_down(root: Path | None = None) -> None:
-    for pid_file in sorted((root or STATE / "kafka").glob("**/node-*/broker.pid")):
+    """Stop every node under `root`: the state's clusters (<root>/<cluster>/node-N), or one
+    cluster's own folder (<root>/node-N). Not a recursive glob: it would walk the data folders
+    of a broker that is deleting segments, and trip over files vanishing under it."""
+    root = root or STATE / "kafka"
+    pid_files = [*root.glob("node-*/broker.pid"), *root.glob("*/node-*/broker.pid")]
+    for pid_file in sorted(pid_files):
         stop_pid(pid_file, f"Kafka {pid_file.parent.parent.name}/{pid_file.parent.name}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -10,36 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-from pydantic_settings import BaseSettings
-
+from app.process_env import settings_env
 from app.settings import Settings
 
+__all__ = ["ORDERS", "OrdersProcess", "free_port", "settings_env"]
+
 ORDERS = str(Path(sys.executable).with_name("orders"))
-
-
-def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment variables that reproduce `settings` in a child process."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(_PREFIXES)}
-    groups = (
-        settings.kafka,
-        settings.database,
-        settings.api,
-        settings.worker,
-        settings.auth,
-        settings.metrics,
-    )
-    for group in groups:
-        assert isinstance(group, BaseSettings)
-        prefix = str(group.model_config.get("env_prefix", ""))
-        for name, value in group.model_dump(mode="json").items():
-            if value is not None:  # unset (AUTH_JWKS_URL...): absent, not the text "None"
-                env[f"{prefix}{name}".upper()] = str(value)
-    env["LOG_LEVEL"] = settings.log_level
-    env.update(extra)
-    return env
-
-
-_PREFIXES = ("KAFKA_", "DATABASE_", "API_", "WORKER_", "AUTH_", "METRICS_", "ORDERS_FAULT")
 
 
 def free_port() -> int:

@@ -26,13 +26,17 @@ from tests.integration.endpoints import POSTGRES_INIT, Endpoints
 from tests.integration.live_stack import free_port
 from tests.integration.throwaway import ThrowawayPostgres, throwaway_postgres
 
-# What the application's role may do to each table, and nothing more (migrations/versions/0003).
+# What the application's role may do to each table, and nothing more (migrations/versions/0003;
+# 0005: DELETE on consumer_positions, for `orders offsets delete`).
 EXPECTED_PRIVILEGES = {
     "orders": {"SELECT", "INSERT"},
     "skipped_offsets": {"SELECT", "INSERT"},
-    "consumer_positions": {"SELECT", "INSERT", "UPDATE"},
+    "consumer_positions": {"SELECT", "INSERT", "UPDATE", "DELETE"},
     "quarantined_records": {"SELECT", "INSERT", "UPDATE"},
     "idempotency_keys": {"SELECT", "INSERT", "UPDATE", "DELETE"},
+    # `orders lab semantics` (migrations/versions/0004): deliveries are never updated.
+    "lab_deliveries": {"SELECT", "INSERT", "DELETE"},
+    "lab_positions": {"SELECT", "INSERT", "UPDATE", "DELETE"},
     "alembic_version": set(),
 }
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
@@ -184,6 +188,12 @@ async def test_the_grants_are_a_reversible_migration(spare_database: DatabaseSet
     assert await _app_may(spare_database, "SELECT count(*) FROM orders")
     assert await _app_may(spare_database, "DELETE FROM idempotency_keys")
     assert not await _app_may(spare_database, "DELETE FROM orders")
+
+    # 0005 alone: the operator's group delete, and its revocation.
+    assert await _app_may(spare_database, "DELETE FROM consumer_positions")
+    await asyncio.to_thread(downgrade_database, spare_database, "0004")
+    assert not await _app_may(spare_database, "DELETE FROM consumer_positions")
+    assert await _app_may(spare_database, "UPDATE consumer_positions SET owner = owner")
 
 
 async def test_a_table_the_owner_adds_later_is_the_apps_to_read_and_write(

@@ -12,18 +12,26 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import contract
 from app import dlq_headers as dlq
+from app.db.positions import set_position
 from app.operations.dlq import (
     REPLAYED_FROM,
     ReplayRefusedError,
     list_dead_letters,
     replay_dead_letter,
 )
-from app.operations.kafka_clients import KafkaCommandError
+from app.operations.group_delete import (
+    Deleted,
+    GroupDeleteRefusedError,
+    delete_group,
+    delete_kafka_group,
+    plan_delete,
+)
+from app.operations.kafka_clients import KafkaCommandError, admin_client, offsets_consumer
 from app.operations.lag import group_lag
 from app.operations.offsets import ResetRefusedError, Target, apply_reset, plan_reset
 from app.settings import Settings
@@ -278,3 +286,104 @@ async def test_dlq_list_after_delete_records_starts_at_the_new_log_start(
     refused = await orders_command(settings, "dlq", "replay", "--offset", "1", "--execute")
     assert refused.returncode == 1
     assert "orders: dead letter 1 no longer exists" in refused.stderr
+
+
+async def kafka_groups(settings: Settings) -> set[str]:
+    """The consumer groups Kafka knows (what kafka-consumer-groups --list shows)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        return {group for group, _ in await admin.list_consumer_groups()}
+    finally:
+        await admin.close()
+
+
+async def test_a_group_delete_is_refused_while_workers_run_then_the_group_starts_afresh(
+    settings: Settings, engine: AsyncEngine, run_id: str
+) -> None:
+    group, topic = settings.worker.group_id, settings.kafka.orders_topic
+    expected = await orders_accepted(settings, customers_for(run_id, 8), per_customer=5)
+    async with worker_running(settings, engine):
+        assert await wait_until_stored(engine, expected) == 40
+        plan = await plan_delete(settings, engine, group)
+        assert len(plan.members) == 1
+        with pytest.raises(GroupDeleteRefusedError, match="1 active member"):
+            await delete_group(settings, engine, group)
+        # Past that check (a member joining just after it), Kafka itself refuses.
+        async with admin_client(settings.kafka) as admin:
+            with pytest.raises(GroupDeleteRefusedError, match="NON_EMPTY_GROUP"):
+                await delete_kafka_group(admin, group)
+        refused = await orders_command(settings, "offsets", "delete", "--execute")
+        assert refused.returncode == 1, refused
+        assert f"orders: group {group} has 1 active member(s)" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    positions = await stored_positions(engine, group, topic)
+    ends = non_empty(await end_offsets(settings.kafka.bootstrap_servers, topic))
+    assert positions == ends  # nothing deleted by the refusals
+    assert non_empty(await committed_offsets(settings)) == ends
+
+    # The plan, with the group stopped, shows both places and changes nothing.
+    planned = await orders_command(settings, "offsets", "delete")
+    assert planned.returncode == 0, planned
+    assert f"group {group}: positions in PostgreSQL (the truth): {len(ends)}" in planned.stdout
+    assert f"offsets committed in Kafka (the mirror): {len(ends)}" in planned.stdout
+    assert "active members: 0" in planned.stdout
+    assert "plan only" in planned.stdout
+    assert await stored_positions(engine, group, topic) == positions
+    assert group in await kafka_groups(settings)
+
+    deleted = await orders_command(settings, "offsets", "delete", "--execute")
+    assert deleted.returncode == 0, deleted
+    assert f"{len(ends)} position(s) deleted from PostgreSQL" in deleted.stdout
+    assert "deleted in Kafka" in deleted.stdout
+    assert await stored_positions(engine, group, topic) == {}
+    assert await committed_offsets(settings) == {}
+    assert group not in await kafka_groups(settings)
+    again = await orders_command(settings, "offsets", "delete", "--execute")
+    assert again.returncode == 0, again
+    assert "nothing to do" in again.stdout
+
+    # No position anywhere: a new worker reads from the log's beginning, stores nothing twice.
+    async with worker_running(settings, engine) as fresh:
+        assert await eventually(lambda: sum(fresh.stats.positions.values()) == sum(ends.values()))
+    assert fresh.stats.records == 40
+    assert fresh.stats.inserted == 0
+    assert non_empty(await stored_positions(engine, group, topic)) == ends
+    assert (await check_ledger(engine, expected)).holds
+
+
+async def test_a_group_delete_deletes_what_exists_in_either_place(
+    settings: Settings, engine: AsyncEngine, run_id: str
+) -> None:
+    topic = settings.kafka.orders_topic
+    only_postgres, only_kafka = f"lab-cli-{run_id}-pg", f"lab-cli-{run_id}-kafka"
+    async with engine.begin() as connection:
+        for partition in (0, 1):
+            await set_position(
+                connection,
+                group_id=only_postgres,
+                topic=topic,
+                partition=partition,
+                next_offset=0,
+                owner="test",
+            )
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"x", partition=0)
+    finally:
+        await producer.stop()
+    async with offsets_consumer(settings.kafka, only_kafka) as consumer:  # commits, never joins
+        consumer.assign([TopicPartition(topic, 0)])
+        await consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(1, "")})
+
+    pg_plan = await plan_delete(settings, engine, only_postgres)
+    assert (len(pg_plan.stored), pg_plan.committed, pg_plan.kafka_state) == (2, {}, "Dead")
+    kafka_plan = await plan_delete(settings, engine, only_kafka)
+    assert (kafka_plan.stored, kafka_plan.committed) == ([], {TopicPartition(topic, 0): 1})
+    assert await delete_group(settings, engine, only_postgres) == Deleted(2, in_kafka=False)
+    assert await delete_group(settings, engine, only_kafka) == Deleted(0, in_kafka=True)
+    assert only_kafka not in await kafka_groups(settings)
+    for group in (only_postgres, only_kafka):
+        assert not (await plan_delete(settings, engine, group)).known
+    assert await delete_group(settings, engine, f"lab-cli-{run_id}-none") == Deleted(0, False)
