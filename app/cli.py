@@ -1,6 +1,7 @@
 """The `orders` command.
 
-Processes: `orders api`, `orders worker`, `orders migrate`.
+Processes: `orders api`, `orders worker`, `orders analytics`, `orders payments`,
+`orders migrate`, `orders gateway` (a simulator).
 Operations: `orders lag`, `orders offsets reset|delete`, `orders dlq list|replay`,
 `orders skipped`.
 The course's experiments: `orders lab semantics|partitioning|groups|offsets|all`.
@@ -43,6 +44,33 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(run_worker(settings))
 
 
+def _analytics(settings: Settings, args: argparse.Namespace) -> int:
+    from app.analytics import run_analytics
+
+    return asyncio.run(run_analytics(settings, group_instance_id=args.group_instance_id))
+
+
+def _payments(settings: Settings, args: argparse.Namespace) -> int:
+    import uvloop
+
+    from app.payments.runner import run_payments
+
+    return uvloop.run(run_payments(settings))
+
+
+def _gateway(settings: Settings, args: argparse.Namespace) -> int:
+    from app.payments.gateway import GatewayBehaviour, serve_gateway
+
+    behaviour = GatewayBehaviour.from_settings(
+        settings.gateway, seed=args.seed, timeout_answer_s=args.timeout_answer_s
+    )
+    host = args.host or settings.gateway.host
+    port = args.port or settings.gateway.port
+    print(f"simulated payment gateway on http://{host}:{port} (in memory)", flush=True)
+    serve_gateway(behaviour, host, port, settings.log_level)
+    return 0
+
+
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaError
 
@@ -54,7 +82,7 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     if args.skip_topics:
         return 0
     try:
-        reports = asyncio.run(ensure_topics(settings.kafka))
+        reports = asyncio.run(ensure_topics(settings.kafka, settings.payments.topic))
     except (OrdersError, KafkaError) as exc:
         # A topic we cannot hold to its configs must stop the deployment, not warn.
         print(f"orders: migrate: {exc}", file=sys.stderr)
@@ -132,6 +160,39 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run one member of the worker group")
     worker.set_defaults(handler=_worker)
 
+    analytics = commands.add_parser(
+        "analytics",
+        help="run one member of the analytics group: revenue per currency in tumbling windows "
+        "(ANALYTICS_*; ANALYTICS_MODE=exact|fast)",
+    )
+    analytics.add_argument(
+        "--group-instance-id",
+        help="a static member's id (KIP-345): restarted under it, the member gets its "
+        "partitions back without a rebalance",
+    )
+    analytics.set_defaults(handler=_analytics)
+
+    payments = commands.add_parser(
+        "payments",
+        help="run one member of the payments group: charge every order once at the gateway, "
+        "one `payments` event per order, in Kafka transactions (PAYMENTS_*)",
+    )
+    payments.set_defaults(handler=_payments)
+
+    gateway = commands.add_parser(
+        "gateway", help="serve the simulated payment gateway (GATEWAY_*; in memory)"
+    )
+    gateway.add_argument("--host", help="default: GATEWAY_HOST (127.0.0.1)")
+    gateway.add_argument("--port", type=int, help="default: GATEWAY_PORT (8300)")
+    gateway.add_argument("--seed", type=int, help="seed the error and timeout draws")
+    gateway.add_argument(
+        "--timeout-answer-s",
+        type=_seconds,
+        default=60.0,
+        help="an injected timeout's answer comes this late (default 60)",
+    )
+    gateway.set_defaults(handler=_gateway)
+
     migrate = commands.add_parser("migrate", help="apply database migrations and create topics")
     migrate.add_argument("--skip-topics", action="store_true", help="only the database")
     migrate.set_defaults(handler=_migrate)
@@ -169,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     to.add_argument("--to-offset", type=int, metavar="N")
     to.add_argument("--shift-by", type=int, metavar="N", help="negative to replay")
     reset.add_argument("--partition", type=int, action="append", help="repeatable; default all")
+    reset.add_argument(
+        "--group", help="a group whose positions PostgreSQL holds (default: WORKER_GROUP_ID)"
+    )
     reset.add_argument("--execute", action="store_true", help="apply the plan")
     reset.set_defaults(handler=operations.offsets_reset)
     delete = offsets_commands.add_parser(

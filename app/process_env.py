@@ -13,7 +13,18 @@ from pydantic_settings import BaseSettings
 
 from app.settings import Settings
 
-_PREFIXES = ("KAFKA_", "DATABASE_", "API_", "WORKER_", "AUTH_", "METRICS_", "ORDERS_FAULT")
+_PREFIXES = (
+    "KAFKA_",
+    "DATABASE_",
+    "API_",
+    "WORKER_",
+    "AUTH_",
+    "METRICS_",
+    "ANALYTICS_",
+    "GATEWAY_",
+    "PAYMENTS_",
+    "ORDERS_FAULT",
+)
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -26,6 +37,9 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         settings.worker,
         settings.auth,
         settings.metrics,
+        settings.analytics,
+        settings.gateway,
+        settings.payments,
     )
     for group in groups:
         assert isinstance(group, BaseSettings)

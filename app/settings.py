@@ -385,6 +385,58 @@ class MetricsSettings(BaseSettings):
     enabled: bool = True
 
 
+class AnalyticsSettings(BaseSettings):
+    """`orders analytics`: revenue per currency in tumbling windows, a consumer group of its own."""
+
+    model_config = _group("ANALYTICS_")
+
+    group_id: str = "order-analytics"
+    # exact: window state and positions in one PostgreSQL transaction (a crash redoes a batch,
+    # counts nothing twice). fast: the course's Scenario 2, auto-commit and batched upserts
+    # (cheaper; a crash may over- or under-count).
+    mode: Literal["exact", "fast"] = "exact"
+    # Windows by the broker's append time; a window closes GRACE_S after its end has passed.
+    window_s: int = Field(default=60, ge=1, le=86400)
+    grace_s: float = Field(default=10.0, ge=0)
+    max_records: int = Field(default=2000, ge=1)
+    auto_commit_interval_ms: int = Field(default=1000, ge=100)
+
+
+class GatewaySettings(BaseSettings):
+    """`orders gateway`: a simulated payment gateway (HTTP, idempotent by charge key)."""
+
+    model_config = _group("GATEWAY_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8300, ge=1, le=65535)
+    latency_ms: float = Field(default=50.0, ge=0)
+    # Shares of charges answered 503 (error_rate) or left unanswered past the caller's timeout
+    # (timeout_rate); a timed-out charge is still applied, as a real gateway's may be.
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    timeout_rate: float = Field(default=0.0, ge=0, le=1)
+
+
+class PaymentsSettings(BaseSettings):
+    """`orders payments`: charge every order once, emit one `payments` event per order."""
+
+    model_config = _group("PAYMENTS_")
+
+    group_id: str = "order-payments"
+    topic: str = "payments"
+    gateway_url: str = "http://127.0.0.1:8300"
+    gateway_timeout_s: float = Field(default=2.0, gt=0)
+    # Orders of different customers in flight at once (per member); one customer's go in order.
+    max_in_flight: int = Field(default=256, ge=1)
+    retry_backoff_initial_s: float = Field(default=0.1, gt=0)
+    retry_backoff_max_s: float = Field(default=5.0, gt=0)
+    # How often each partition's finished events and watermark are committed in a transaction.
+    commit_interval_s: float = Field(default=0.1, gt=0)
+    # On revocation: how long running charges may finish before their partition is handed over.
+    revoke_grace_s: float = Field(default=5.0, ge=0)
+    # A transaction's commit (or abort) bound; past it the partition's work is given up.
+    transaction_timeout_s: float = Field(default=10.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
@@ -395,6 +447,9 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    payments: PaymentsSettings = Field(default_factory=PaymentsSettings)
 
 
 def load_settings() -> Settings:
@@ -407,6 +462,9 @@ def load_settings() -> Settings:
             worker=WorkerSettings(),
             auth=AuthSettings(),
             metrics=MetricsSettings(),
+            analytics=AnalyticsSettings(),
+            gateway=GatewaySettings(),
+            payments=PaymentsSettings(),
         )
     except ValidationError as exc:
         raise ConfigurationError(_describe(exc)) from exc
@@ -424,6 +482,9 @@ _PREFIXES = {
     "WorkerSettings": "WORKER_",
     "AuthSettings": "AUTH_",
     "MetricsSettings": "METRICS_",
+    "AnalyticsSettings": "ANALYTICS_",
+    "GatewaySettings": "GATEWAY_",
+    "PaymentsSettings": "PAYMENTS_",
     "Settings": "",
 }
 

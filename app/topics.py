@@ -70,9 +70,13 @@ def topic_configs(settings: KafkaSettings) -> dict[str, str]:
     }
 
 
-async def ensure_topics(settings: KafkaSettings) -> list[TopicReport]:
+async def ensure_topics(
+    settings: KafkaSettings, payments_topic: str | None = None
+) -> list[TopicReport]:
     """Create `orders` and its dead-letter topic if missing, set the configs we rely on where
-    an existing topic differs, and report what exists and what changed."""
+    an existing topic differs, and report what exists and what changed. `payments_topic`
+    (`orders payments`' output) gets the orders topic's partitions and configs: keyed by
+    customer too, so a customer's payments stay in order on one partition."""
     wanted_configs = topic_configs(settings)
     wanted = [
         NewTopic(
@@ -83,6 +87,15 @@ async def ensure_topics(settings: KafkaSettings) -> list[TopicReport]:
         ),
         NewTopic(settings.dlq_topic, 1, settings.replication_factor, topic_configs=wanted_configs),
     ]
+    if payments_topic is not None:
+        wanted.append(
+            NewTopic(
+                payments_topic,
+                settings.partitions,
+                settings.replication_factor,
+                topic_configs=wanted_configs,
+            )
+        )
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers,
         client_id=f"{settings.client_id}-admin",

@@ -12,6 +12,11 @@
    checked to be storable, and ensure_resource_availability (the stateful phase follows the
    Location of POST /orders to GET /orders/{order_id}) checks an order that is there. It reads
    with the run's service token (FUZZ_TOKEN, made by scripts/fuzz.py), as schemathesis does.
+3. GET /analytics/revenue's `to` must come after `from`, by at most 31 days, and both must be
+   instants UTC can hold: a relation between two parameters, which OpenAPI cannot state. A valid
+   request's pair is made to hold it (`to` moved to one hour after `from`; a `from` outside what
+   UTC can hold replaced by a fixed instant, its written offset kept); invalid requests are sent
+   as generated, and a pair that already holds is left alone.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import schemathesis
@@ -36,8 +42,37 @@ def _accepting_orders(case: Any) -> bool:
     return bool(case.method.upper() == "POST" and case.operation.path == "/orders")
 
 
+def _revenue_span(case: Any) -> bool:
+    return bool(case.method.upper() == "GET" and case.operation.path == "/analytics/revenue")
+
+
+def _instant(text: object) -> datetime | None:
+    """The query value as an aware datetime UTC can hold, or None."""
+    if not isinstance(text, str):
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+        value.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+    return value if value.tzinfo is not None else None
+
+
+def _hold_the_span(query: dict[str, Any]) -> None:
+    start = _instant(query.get("from"))
+    if start is None or start.astimezone(UTC) > datetime(9999, 12, 30, tzinfo=UTC):
+        start = datetime(2026, 11, 27, tzinfo=UTC)
+        query["from"] = start.isoformat()
+    end = _instant(query.get("to"))
+    if end is None or not timedelta(0) < end - start <= timedelta(days=31):
+        query["to"] = (start + timedelta(hours=1)).isoformat()
+
+
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
+    positive = case.meta is not None and case.meta.generation.mode.is_positive
+    if _revenue_span(case) and positive and isinstance(case.query, dict):
+        _hold_the_span(case.query)
     if not _accepting_orders(case) or case.meta is None:
         return
     headers = case.headers or {}

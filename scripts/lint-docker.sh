@@ -51,8 +51,8 @@ run_compose() {
     env -i PATH="$PATH" HOME="${HOME:-/tmp}" "${compose[@]}" --project-directory "$scratch" "$@"
 }
 PASSWORDS=(POSTGRES_PASSWORD ORDERS_DB_OWNER_PASSWORD ORDERS_DB_APP_PASSWORD
-    KAFKA_ADMIN_PASSWORD KAFKA_API_PASSWORD KAFKA_WORKER_PASSWORD KAFKA_OPERATOR_PASSWORD
-    GRAFANA_ADMIN_PASSWORD)
+    KAFKA_ADMIN_PASSWORD KAFKA_API_PASSWORD KAFKA_WORKER_PASSWORD KAFKA_ANALYTICS_PASSWORD
+    KAFKA_PAYMENTS_PASSWORD KAFKA_OPERATOR_PASSWORD GRAFANA_ADMIN_PASSWORD)
 # .env.example with every password filled in as an operator would, except those named.
 env_example_without() {
     local line name

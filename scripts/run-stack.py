@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""`make run`: the API and N workers in the foreground; Ctrl-C stops them all cleanly.
+"""`make run`: the API, N workers, the analytics and payments members and the simulated payment
+gateway in the foreground; Ctrl-C stops them all cleanly.
 
 Each process is a real `orders` command (the same ones compose runs); this script only starts
-them, forwards their output, and on Ctrl-C sends SIGTERM and waits for each to drain and exit.
-When the local broker is secured (`KAFKA_SECURITY=sasl_ssl`), the API and the workers connect
-as their own Kafka users. It also prints a ready `curl` with a bearer token (a service's, both
-scopes, 8 hours) signed by the local key the API verifies with (`orders token`, which creates
-the key on first use).
+them, forwards their output, and on Ctrl-C sends SIGTERM and waits for each to drain and exit:
+the gateway last, so that payments members finish the charges in flight against it. The gateway
+runs only with payments members (it is theirs alone), and they start once it answers.
+When the local broker is secured (`KAFKA_SECURITY=sasl_ssl`), each process connects as its own
+Kafka user (orders-api, orders-worker, orders-analytics, orders-payments). It also prints a
+ready `curl` with a bearer token (a service's, both scopes, 8 hours) signed by the local key the
+API verifies with (`orders token`, which creates the key on first use).
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from as_principal import principal_environment
@@ -29,10 +35,15 @@ EXAMPLE_ORDER = (
     '{"customer_id":"c-1","items":[{"sku":"sku-1","quantity":2,"unit_price":"9.99"}],'
     '"currency":"EUR"}'
 )
+GATEWAY_READY_S = 30
+# `ANALYTICS=0 PAYMENTS=0 make run` puts these in the environment: pydantic-settings would read
+# them as the `analytics` and `payments` settings groups themselves, so children never see them.
+LAUNCHER_VARIABLES = ("WORKERS", "ANALYTICS", "PAYMENTS", "MONITORING")
 
 
-def try_it(base_url: str) -> str:
-    """Lines to paste: a token in $TOKEN, then an order placed with it."""
+def try_it(base_url: str, analytics: bool) -> str:
+    """Lines to paste: a token in $TOKEN, then an order placed with it (and, with analytics
+    members, today's revenue windows: served once a window has closed)."""
     if os.environ.get("AUTH_ENABLED", "true").lower() in ("false", "0", "no", "off"):
         token_line = "  (AUTH_ENABLED=false: no token needed)\n"
         header = ""
@@ -47,24 +58,67 @@ def try_it(base_url: str) -> str:
         )
         token_line = f"  export TOKEN={minted.stdout.strip()}\n"
         header = ' -H "Authorization: Bearer $TOKEN"'
-    return (
+    lines = (
         f"{token_line}  curl -sS {base_url}/orders{header} -H 'Content-Type: application/json' "
         f"-d {shlex.quote(EXAMPLE_ORDER)}\n"
     )
+    if analytics:
+        today = datetime.now(UTC).date()
+        span = f"from={today}T00:00:00Z&to={today + timedelta(days=1)}T00:00:00Z"
+        lines += f"  curl -sS '{base_url}/analytics/revenue?{span}'{header}\n"
+    return lines
+
+
+def wait_for_gateway(gateway: subprocess.Popen[bytes], url: str) -> None:
+    """Until the gateway answers GET /stats (its compose healthcheck too); bounded."""
+    deadline = time.monotonic() + GATEWAY_READY_S
+    while gateway.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/stats", timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    state = "exited" if gateway.poll() is not None else f"did not answer in {GATEWAY_READY_S}s"
+    raise SystemExit(f"run-stack: the payment gateway at {url} {state}")
+
+
+def member_lines(args: argparse.Namespace, gateway_url: str) -> str:
+    """The banner's lines for the analytics and payments members and the gateway."""
+    lines = ""
+    if args.analytics:
+        group = os.environ.get("ANALYTICS_GROUP_ID", "order-analytics")
+        mode = os.environ.get("ANALYTICS_MODE", "exact")
+        lines += f"  {args.analytics} analytics members in group {group} (ANALYTICS_MODE={mode})\n"
+    if args.payments:
+        group = os.environ.get("PAYMENTS_GROUP_ID", "order-payments")
+        topic = os.environ.get("PAYMENTS_TOPIC", "payments")
+        lines += (
+            f"  {args.payments} payments members in group {group}, writing topic {topic}\n"
+            f"  payment gateway (simulated): {gateway_url} (GET /stats)\n"
+        )
+    return lines
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--analytics", type=int, default=1, help="`orders analytics` members")
+    parser.add_argument(
+        "--payments", type=int, default=1, help="`orders payments` members (0: no gateway either)"
+    )
     parser.add_argument(
         "--prometheus", type=Path, help="MONITORING=1: this Prometheus binary scrapes the stack"
     )
     args = parser.parse_args()
     host = os.environ.get("API_HOST", "127.0.0.1")
     port = os.environ.get("API_PORT", "8000")
+    gateway_host = os.environ.get("GATEWAY_HOST", "127.0.0.1")
+    gateway_url = f"http://{gateway_host}:{os.environ.get('GATEWAY_PORT', '8300')}"
+    for variable in LAUNCHER_VARIABLES:
+        os.environ.pop(variable, None)
 
     # Before the API starts: the first `orders token` creates the local key the API then reads.
-    example = try_it(f"http://{host}:{port}")
+    example = try_it(f"http://{host}:{port}", args.analytics > 0)
     # Each process as its own Kafka user when the local broker is secured (scripts/as_principal.py).
     api_env = principal_environment("orders-api")
     worker_env = principal_environment("orders-worker")
@@ -80,6 +134,36 @@ def main() -> int:
         )
         for port in ports
     ]
+    analytics_env = principal_environment("orders-analytics")
+    processes += [
+        subprocess.Popen([ORDERS, "analytics"], env=analytics_env, start_new_session=True)
+        for _ in range(args.analytics)
+    ]
+    # The gateway needs no Kafka user and no database: it holds none of their credentials.
+    gateway: list[subprocess.Popen[bytes]] = []
+    if args.payments:
+        gateway_env = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith(("KAFKA_SASL", "DATABASE_"))
+        }
+        gateway.append(
+            subprocess.Popen([ORDERS, "gateway"], env=gateway_env, start_new_session=True)
+        )
+        try:
+            wait_for_gateway(gateway[0], gateway_url)
+        except SystemExit:
+            stop_processes([*processes, *gateway])
+            raise
+        # The gateway this script started, whatever PAYMENTS_GATEWAY_URL says.
+        payments_env = {
+            **principal_environment("orders-payments"),
+            "PAYMENTS_GATEWAY_URL": gateway_url,
+        }
+        processes += [
+            subprocess.Popen([ORDERS, "payments"], env=payments_env, start_new_session=True)
+            for _ in range(args.payments)
+        ]
     monitoring = ""
     if args.prometheus:
         worker_host = os.environ.get("WORKER_METRICS_HOST", "127.0.0.1")
@@ -92,8 +176,9 @@ def main() -> int:
         )
     print(
         f"\n  API:  http://{host}:{port}\n  docs: http://{host}:{port}/docs\n{monitoring}"
-        f"  {args.workers} workers in group {os.environ.get('WORKER_GROUP_ID', 'order-workers')}"
-        "\n  Ctrl-C stops everything (Kafka and PostgreSQL keep running: `make down`)\n"
+        f"  {args.workers} workers in group {os.environ.get('WORKER_GROUP_ID', 'order-workers')}\n"
+        f"{member_lines(args, gateway_url)}"
+        "  Ctrl-C stops everything (Kafka and PostgreSQL keep running: `make down`)\n"
         f"\n  Try it (a service token, both scopes, 8 hours):\n{example}",
         flush=True,
     )
@@ -106,9 +191,11 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    while not stopping and all(p.poll() is None for p in processes):
+    everything = [*processes, *gateway]
+    while not stopping and all(p.poll() is None for p in everything):
         time.sleep(0.2)
-    codes = stop_processes(processes)
+    # The gateway last: payments members drain (finish their charges, commit) against it.
+    codes = stop_processes(processes) + stop_processes(gateway)
     print(f"stopped (exit codes: {codes})", flush=True)
     # uvicorn re-raises the SIGTERM it handled after a graceful shutdown: that is a clean exit.
     clean = all(code in (0, -signal.SIGTERM) for code in codes)

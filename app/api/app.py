@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 
 from app import tracing
-from app.api import customers, health, metrics, orders
+from app.api import analytics, customers, health, metrics, orders
 from app.api.authn import Authenticator, document_bearer_scheme
 from app.api.deps import Resources
 from app.api.edge_guard import InFlightCap
@@ -94,6 +94,7 @@ def create_app(
     install_problem_handlers(app, settings.api.retry_after_s, count_unavailable)
     app.include_router(orders.router)
     app.include_router(customers.router)
+    app.include_router(analytics.router)
     app.include_router(health.router)
     if measured:
         app.include_router(metrics.router)

@@ -22,7 +22,8 @@ EXPERIMENTS = {
     "semantics": ("app.lab.semantics", "delivery semantics: lost, doubled, reordered, cost"),
     "partitioning": ("app.lab.partitioning", "keyless, round-robin, keyed, custom partitioners"),
     "groups": ("app.lab.groups", "Exercise 2: groups, sharing, rebalance pauses, static members"),
-    "offsets": ("app.lab.offset_commits", "Exercise 3: manual vs auto-commit after a crash"),
+    "offsets": ("app.lab.offsets", "Exercise 3: manual vs auto-commit after a crash"),
+    "analytics": ("app.lab.analytics", "Scenario 2: fast vs exact analytics under kill -9"),
 }
 
 

@@ -128,14 +128,14 @@ def offsets_reset(settings: Settings, args: argparse.Namespace) -> int:
 
     async def reset() -> int:
         async with _engine(settings) as engine:
-            moves = await plan_reset(settings, engine, target, args.partition)
+            moves = await plan_reset(settings, engine, target, args.partition, args.group)
             for move in moves:
                 print(f"partition {move.partition}: {_dash(move.current)} -> {move.new}")
             if not args.execute:
                 print("plan only: add --execute to apply (with every worker stopped)")
                 return 0
-            await apply_reset(settings, engine, moves)
-        print(f"reset applied to group {settings.worker.group_id}")
+            await apply_reset(settings, engine, moves, args.group)
+        print(f"reset applied to group {args.group or settings.worker.group_id}")
         return 0
 
     return _run(settings, reset())

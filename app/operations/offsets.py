@@ -47,9 +47,14 @@ class Move:
 
 
 async def plan_reset(
-    settings: Settings, engine: AsyncEngine, target: Target, partitions: list[int] | None
+    settings: Settings,
+    engine: AsyncEngine,
+    target: Target,
+    partitions: list[int] | None,
+    group: str | None = None,
 ) -> list[Move]:
-    topic, group = settings.kafka.orders_topic, settings.worker.group_id
+    """The moves that would reset `group` (default: the worker group) on the orders topic."""
+    topic, group = settings.kafka.orders_topic, group or settings.worker.group_id
     kafka = settings.kafka
     async with offsets_consumer(kafka) as consumer:
         every = await topic_partitions(kafka, consumer, topic)
@@ -71,14 +76,16 @@ async def plan_reset(
     return moves
 
 
-async def apply_reset(settings: Settings, engine: AsyncEngine, moves: list[Move]) -> None:
-    topic, group = settings.kafka.orders_topic, settings.worker.group_id
+async def apply_reset(
+    settings: Settings, engine: AsyncEngine, moves: list[Move], group: str | None = None
+) -> None:
+    topic, group = settings.kafka.orders_topic, group or settings.worker.group_id
     async with admin_client(settings.kafka) as admin:
         members = await bounded(
             settings.kafka, f"describing group {group}", active_members(admin, group)
         )
     if members:
-        msg = f"group {group} has {members} active member(s); stop the workers first"
+        msg = f"group {group} has {members} active member(s); stop its members first"
         raise ResetRefusedError(msg)
     async with engine.begin() as connection:
         for move in moves:

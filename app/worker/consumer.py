@@ -238,22 +238,12 @@ class OrderWorker:
     async def _fetch(self) -> tuple[Batch, Bounds]:
         """getmany, unless a stop is requested first: getmany waits without bound while the
         group cannot finish a rebalance, and SIGTERM must still drain and leave."""
-        fetch = asyncio.ensure_future(
-            self._positions.getmany(
+        try:
+            fetched = await self._positions.getmany_unless(
+                self._stopping,
                 timeout_ms=self.settings.worker.fetch_timeout_ms,
                 max_records=self.settings.worker.max_records,
             )
-        )
-        stop = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if not fetch.done():
-            fetch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await fetch
-            return {}, {}
-        try:
-            fetched = fetch.result()
         except OffsetOutOfRangeError as exc:
             await self._recover(exc)
         except NoOffsetForPartitionError as exc:
@@ -539,19 +529,7 @@ class OrderWorker:
     async def _position_from_kafka(self, partitions: list[TopicPartition]) -> None:
         """A partition PostgreSQL has no position for: Kafka's committed offset, else the
         log's beginning (a new group reads the whole topic)."""
-        fresh = []
-        for tp in partitions:
-            committed = await self._consumer.committed(tp)
-            if committed is None:
-                fresh.append(tp)
-            else:
-                self._positions.seek(tp, committed)
-        if fresh:
-            await self._seek_to_beginning(fresh)
-
-    async def _seek_to_beginning(self, partitions: list[TopicPartition]) -> None:
-        self._positions.positioned_by_kafka(partitions)
-        await self._consumer.seek_to_beginning(*partitions)
+        await self._positions.position_from_kafka(partitions)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

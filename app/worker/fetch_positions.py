@@ -20,6 +20,8 @@ refuses whatever does not begin at the stored position.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -87,6 +89,37 @@ class FetchPositions:
             if tp in self._consumer.assignment():
                 self.seek(tp, offset)
         return [tp for tp in self._consumer.assignment() if tp not in self._accounted]
+
+    async def getmany_unless(
+        self, stop: asyncio.Event, timeout_ms: int, max_records: int
+    ) -> tuple[Batch, Bounds]:
+        """`getmany()`, unless `stop` is set first (then nothing): getmany waits without bound
+        while the group cannot finish a rebalance, and a member asked to stop must still drain
+        and leave. Raises what getmany raises."""
+        fetch = asyncio.ensure_future(self.getmany(timeout_ms, max_records))
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not fetch.done():
+            fetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetch
+            return {}, {}
+        return fetch.result()
+
+    async def position_from_kafka(self, partitions: Iterable[TopicPartition]) -> None:
+        """Each partition at the group's committed offset in Kafka, else at the log's beginning
+        (a new group reads the whole topic)."""
+        fresh = []
+        for tp in partitions:
+            committed = await self._consumer.committed(tp)
+            if committed is None:
+                fresh.append(tp)
+            else:
+                self.seek(tp, committed)
+        if fresh:
+            self.positioned_by_kafka(fresh)
+            await self._consumer.seek_to_beginning(*fresh)
 
     async def getmany(self, timeout_ms: int, max_records: int) -> tuple[Batch, Bounds]:
         """`getmany`, with each partition's (position it was fetched from, position after):

@@ -8,8 +8,11 @@
 # CMD runs Kafka's AclCommand: /opt/kafka/bin/kafka-acls.sh (the default, as in the apache/kafka
 # image), or `java -cp 'libs/*' org.apache.kafka.tools.AclCommand` from the jars (`make up`).
 # The resources default to the settings' defaults: ACL_ORDERS_TOPIC (orders), ACL_DLQ_TOPIC
-# (orders.DLQ), ACL_GROUP (order-workers); ACL_PATTERN=prefixed grants them as name prefixes
-# instead (the tests name a fresh topic and group per scenario).
+# (orders.DLQ), ACL_GROUP (order-workers), ACL_ANALYTICS_GROUP (order-analytics),
+# ACL_PAYMENTS_GROUP (order-payments), ACL_PAYMENTS_TOPIC (payments); ACL_PATTERN=prefixed grants
+# them as name prefixes instead (the tests name a fresh topic and group per scenario). The payments
+# member's transactional ids are always granted as a prefix, "<payments group>-": one id per
+# partition, f"{group}-{topic}-{partition}" (app/payments/).
 set -euo pipefail
 
 if [[ $# -eq 0 ]]; then
@@ -21,6 +24,9 @@ ca_file=${ACL_CA_FILE:?ACL_CA_FILE: the CA certificate (PEM) that signed the bro
 orders=${ACL_ORDERS_TOPIC:-orders}
 dlq=${ACL_DLQ_TOPIC:-orders.DLQ}
 group=${ACL_GROUP:-order-workers}
+analytics_group=${ACL_ANALYTICS_GROUP:-order-analytics}
+payments_group=${ACL_PAYMENTS_GROUP:-order-payments}
+payments=${ACL_PAYMENTS_TOPIC:-payments}
 pattern=${ACL_PATTERN:-literal}
 
 umask 077
@@ -43,9 +49,13 @@ allow() { # PRINCIPAL RESOURCE-AND-OPERATION-OPTIONS...: one AclCommand, in the 
 add() {
     local principal=$1
     shift
-    local output
+    local output resource_pattern=$pattern
+    if [[ ${1:-} == --prefixed ]]; then # this ACL names a prefix whatever ACL_PATTERN says
+        resource_pattern=prefixed
+        shift
+    fi
     if ! output=$("${command[@]}" --bootstrap-server "$bootstrap" --command-config "$admin_config" \
-        --add --force --resource-pattern-type "$pattern" --allow-principal "User:$principal" "$@" 2>&1); then
+        --add --force --resource-pattern-type "$resource_pattern" --allow-principal "User:$principal" "$@" 2>&1); then
         echo "$output" >&2
         echo "acls.sh: adding ACLs for $principal failed: $*" >&2
         return 1
@@ -61,8 +71,25 @@ allow orders-worker --topic "$orders" --operation Read --operation Describe
 allow orders-worker --topic "$dlq" --operation Write --operation Describe
 allow orders-worker --group "$group" --operation Read --operation Describe
 
+# Analytics (app/analytics/): consume orders as members of its own group. Fast mode auto-commits
+# and exact mode keeps its positions in PostgreSQL: both only read.
+allow orders-analytics --topic "$orders" --operation Read --operation Describe
+allow orders-analytics --group "$analytics_group" --operation Read --operation Describe
+
+# Payments (app/payments/): consume orders read_committed in its own group, and produce one
+# payments event per order with a transactional producer whose transactions carry the consumed
+# offsets (TxnOffsetCommit: READ on the group and on orders). Since Kafka 3.0 (KIP-679) the
+# transactional producer's InitProducerId, AddPartitionsToTxn and EndTxn need WRITE on its
+# transactional id (and WRITE on the topic), not IDEMPOTENT_WRITE on the cluster;
+# FindCoordinator(transaction) needs DESCRIBE on the id.
+allow orders-payments --topic "$orders" --operation Read --operation Describe
+allow orders-payments --group "$payments_group" --operation Read --operation Describe
+allow orders-payments --topic "$payments" --operation Write --operation Describe
+allow orders-payments --prefixed --transactional-id "$payments_group-" \
+    --operation Write --operation Describe
+
 # The operator's commands (app/topics.py, app/operations/):
-#   orders migrate         create both topics, read and set their configs
+#   orders migrate         create the topics (orders, DLQ, payments), read and set their configs
 #   orders lag             log ends, the group's committed offsets
 #   orders offsets reset   the group's members, commit its offsets (READ on group and topic)
 #   orders dlq list        read the DLQ
@@ -71,6 +98,8 @@ allow orders-operator --topic "$orders" --topic "$dlq" \
     --operation Create --operation DescribeConfigs --operation AlterConfigs \
     --operation Read --operation Describe
 allow orders-operator --topic "$orders" --operation Write
+allow orders-operator --topic "$payments" \
+    --operation Create --operation DescribeConfigs --operation AlterConfigs --operation Describe
 allow orders-operator --group "$group" --operation Read --operation Describe
 
 # Each AclCommand is a JVM start of a few seconds: they run side by side.
@@ -82,4 +111,6 @@ if [[ $failed -ne 0 ]]; then
     exit 1
 fi
 
-echo "acls.sh: ACLs in place for orders-api, orders-worker, orders-operator ($pattern: $orders, $dlq, group $group)"
+echo "acls.sh: ACLs in place for orders-api, orders-worker, orders-analytics, orders-payments," \
+    "orders-operator ($pattern: $orders, $dlq, $payments, groups $group, $analytics_group," \
+    "$payments_group; prefixed: transactional ids $payments_group-)"

@@ -4,8 +4,9 @@
 # and `___` gives `-`) plus scripts/kafka/secured.properties; the storage formatted once, with
 # the SCRAM users; then the broker in the foreground.
 #
-# Variables: CLUSTER_ID; SCRAM_ADMIN_PASSWORD, SCRAM_API_PASSWORD, SCRAM_WORKER_PASSWORD and
-# SCRAM_OPERATOR_PASSWORD (required: no defaults); BROKER_DIST (/opt/kafka), BROKER_TLS (the
+# Variables: CLUSTER_ID; SCRAM_ADMIN_PASSWORD, SCRAM_API_PASSWORD, SCRAM_WORKER_PASSWORD,
+# SCRAM_ANALYTICS_PASSWORD, SCRAM_PAYMENTS_PASSWORD and SCRAM_OPERATOR_PASSWORD (required: no
+# defaults); BROKER_DIST (/opt/kafka), BROKER_TLS (the
 # kafka-tls volume, /etc/kafka/secrets) and BROKER_CONFIG (/opt/kafka/config) for other layouts.
 # Writes BROKER_CONFIG/admin.properties, the super user's client config (the healthcheck's).
 set -euo pipefail
@@ -27,9 +28,11 @@ declare -A passwords=(
     [admin]=${SCRAM_ADMIN_PASSWORD:-}
     [orders-api]=${SCRAM_API_PASSWORD:-}
     [orders-worker]=${SCRAM_WORKER_PASSWORD:-}
+    [orders-analytics]=${SCRAM_ANALYTICS_PASSWORD:-}
+    [orders-payments]=${SCRAM_PAYMENTS_PASSWORD:-}
     [orders-operator]=${SCRAM_OPERATOR_PASSWORD:-}
 )
-for user in admin orders-api orders-worker orders-operator; do
+for user in "${!passwords[@]}"; do
     password=${passwords[$user]}
     if [[ ${#password} -lt 16 || ! $password =~ ^[A-Za-z0-9._~-]+$ ]]; then
         fail "the password of Kafka user $user must be 16+ characters of A-Z a-z 0-9 . _ ~ -" \
@@ -94,12 +97,13 @@ format_args=$config_dir/format.args
 trap 'rm -f "$format_args"' EXIT
 {
     printf '%s\n' --ignore-formatted --cluster-id "$cluster_id" --config "$config"
-    for user in admin orders-api orders-worker orders-operator; do
+    for user in "${!passwords[@]}"; do
         printf '%s\n' --add-scram "SCRAM-SHA-512=[name=$user,password=${passwords[$user]}]"
     done
 } >"$format_args"
 "$dist/bin/kafka-storage.sh" format "@$format_args" >/dev/null
 rm -f "$format_args"
 trap - EXIT
-unset SCRAM_ADMIN_PASSWORD SCRAM_API_PASSWORD SCRAM_WORKER_PASSWORD SCRAM_OPERATOR_PASSWORD
+unset SCRAM_ADMIN_PASSWORD SCRAM_API_PASSWORD SCRAM_WORKER_PASSWORD SCRAM_ANALYTICS_PASSWORD \
+    SCRAM_PAYMENTS_PASSWORD SCRAM_OPERATOR_PASSWORD
 exec "$dist/bin/kafka-server-start.sh" "$config"

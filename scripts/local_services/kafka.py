@@ -40,7 +40,10 @@ from .processes import (
 
 KAFKA_POM = ROOT / "scripts" / "kafka" / "pom.xml"
 KAFKA_LOG4J = ROOT / "scripts" / "kafka" / "log4j2.properties"
-KAFKA_HEAP = os.environ.get("KAFKA_HEAP_OPTS", "-Xms256m -Xmx512m")
+# 1 GiB: the test suite and `make lab` create and delete hundreds of topics and run many
+# transactional producers against one long-lived broker; with 512 MiB it died of
+# OutOfMemoryError after ~90 minutes of that (a developer's day).
+KAFKA_HEAP = os.environ.get("KAFKA_HEAP_OPTS", "-Xms256m -Xmx1g")
 # Kafka's command-line tools live for seconds: the quick JIT and the serial GC start them with
 # about a third less CPU (they run many times at start-up, on machines with few cores).
 TOOL_JVM = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]

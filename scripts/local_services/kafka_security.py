@@ -6,6 +6,9 @@ allows each principal only what its ACLs say (scripts/kafka/acls.sh):
     admin            the brokers' own user between themselves, and the super user
     orders-api       writes `orders`
     orders-worker    reads `orders` in group `order-workers`, writes `orders.DLQ`
+    orders-analytics reads `orders` in group `order-analytics`
+    orders-payments  reads `orders` in group `order-payments`, writes `payments` in
+                     transactions (transactional ids `order-payments-*`)
     orders-operator  what `orders migrate | lag | offsets reset | dlq list | dlq replay` do
 
 Why SCRAM-SHA-512 rather than SASL/PLAIN over TLS: the password itself never crosses the wire
@@ -48,7 +51,14 @@ from .processes import ROOT, STATE, ServiceError, say
 SECURITY_MODES = ("plaintext", "sasl_ssl")
 MECHANISM = "SCRAM-SHA-512"
 ADMIN = "admin"
-PRINCIPALS = (ADMIN, "orders-api", "orders-worker", "orders-operator")
+PRINCIPALS = (
+    ADMIN,
+    "orders-api",
+    "orders-worker",
+    "orders-analytics",
+    "orders-payments",
+    "orders-operator",
+)
 TLS_SCRIPT = ROOT / "scripts" / "kafka" / "tls.sh"
 ACLS_SCRIPT = ROOT / "scripts" / "kafka" / "acls.sh"
 SECURED_PROPERTIES = ROOT / "scripts" / "kafka" / "secured.properties"
@@ -57,12 +67,16 @@ SECURED_PROPERTIES = ROOT / "scripts" / "kafka" / "secured.properties"
 @dataclass(frozen=True)
 class AclScope:
     """The resources the service principals are granted: the settings' topic and group names,
-    literal (`make up`), or as name prefixes (tests, which use fresh names per scenario)."""
+    literal (`make up`), or as name prefixes (tests, which use fresh names per scenario: a
+    prefixed `payments` covers `payments-<run>`, `order-payments` covers `order-payments-<run>`)."""
 
     orders_topic: str = "orders"
     dlq_topic: str = "orders.DLQ"
     group: str = "order-workers"
     pattern: str = "literal"
+    analytics_group: str = "order-analytics"
+    payments_group: str = "order-payments"
+    payments_topic: str = "payments"
 
     @classmethod
     def from_environment(cls) -> AclScope:
@@ -71,6 +85,9 @@ class AclScope:
             os.environ.get("KAFKA_ORDERS_TOPIC") or cls.orders_topic,
             os.environ.get("KAFKA_DLQ_TOPIC") or cls.dlq_topic,
             os.environ.get("WORKER_GROUP_ID") or cls.group,
+            analytics_group=os.environ.get("ANALYTICS_GROUP_ID") or cls.analytics_group,
+            payments_group=os.environ.get("PAYMENTS_GROUP_ID") or cls.payments_group,
+            payments_topic=os.environ.get("PAYMENTS_TOPIC") or cls.payments_topic,
         )
 
 
@@ -197,7 +214,9 @@ class SecuredBroker:
         if stamp.exists() and stamp.read_text() == wanted:
             return
         say(
-            f"adding ACLs ({scope.pattern}: {scope.orders_topic}, {scope.dlq_topic}, {scope.group})"
+            f"adding ACLs ({scope.pattern}: {scope.orders_topic}, {scope.dlq_topic}, "
+            f"{scope.payments_topic}, groups {scope.group}, {scope.analytics_group}, "
+            f"{scope.payments_group})"
         )
         environment = {
             **os.environ,
@@ -207,6 +226,9 @@ class SecuredBroker:
             "ACL_ORDERS_TOPIC": scope.orders_topic,
             "ACL_DLQ_TOPIC": scope.dlq_topic,
             "ACL_GROUP": scope.group,
+            "ACL_ANALYTICS_GROUP": scope.analytics_group,
+            "ACL_PAYMENTS_GROUP": scope.payments_group,
+            "ACL_PAYMENTS_TOPIC": scope.payments_topic,
             "ACL_PATTERN": scope.pattern,
         }
         result = subprocess.run(
@@ -256,7 +278,8 @@ def prepare_secured(layout: SecuredLayout, formatted: bool) -> SecuredBroker:
 def credentials_environment(principal: str, root: Path | None = None) -> dict[str, str]:
     """The KAFKA_* variables `make up` wrote for `principal` (`root`: `<state>/kafka`); empty
     when there are none. For launchers that give each process its own user (scripts/run-stack.py:
-    orders-api for the API, orders-worker for the workers, orders-operator for migrate)."""
+    orders-api for the API, orders-worker for the workers, orders-analytics and orders-payments
+    for theirs, orders-operator for migrate)."""
     return read_credentials(SecuredLayout(root or STATE / "kafka").env_file(principal))
 
 

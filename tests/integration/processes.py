@@ -8,11 +8,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import TracebackType
+
+import httpx
 
 from app.process_env import settings_env
-from app.settings import Settings
+from app.settings import GatewaySettings, Settings
 
-__all__ = ["ORDERS", "OrdersProcess", "free_port", "settings_env"]
+__all__ = ["ORDERS", "GatewayProcess", "OrdersProcess", "free_port", "settings_env"]
 
 ORDERS = str(Path(sys.executable).with_name("orders"))
 
@@ -82,3 +85,58 @@ class OrdersProcess:
                 return True
             time.sleep(0.1)
         return text in self.output()
+
+
+class GatewayProcess:
+    """`with GatewayProcess(log_dir, latency_ms=20) as url:` an `orders gateway` on a free port,
+    seeded, whose injected timeouts answer after 5 s (past any member's gateway timeout: the
+    member retries with the same charge key). Raises RuntimeError, with its log, if it never
+    answers."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        latency_ms: float = 20,
+        error_rate: float = 0.0,
+        timeout_rate: float = 0.0,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._settings = GatewaySettings(
+            port=self.port, latency_ms=latency_ms, error_rate=error_rate, timeout_rate=timeout_rate
+        )
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"gateway-{time.monotonic_ns()}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> str:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [ORDERS, "gateway", "--seed", "14", "--timeout-answer-s", "5"],
+                env=settings_env(Settings(gateway=self._settings)),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                httpx.get(f"{self.url}/stats", timeout=1).raise_for_status()
+            except httpx.TransportError:
+                time.sleep(0.05)
+            else:
+                return self.url
+        self.__exit__(None, None, None)
+        msg = f"orders gateway did not answer on {self.url}:\n{self.log_path.read_text()}"
+        raise RuntimeError(msg)
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(30)

@@ -419,6 +419,11 @@ async def test_consumer_configs_then_group_reset_and_delete(
     assert await group_offsets(bootstrap, meant) == {}
     await ok(bootstrap, "consumer-groups", "--delete", "--group", course, "--group", manual)
 
+    # The README: it exits 0 for a group that does not exist (it says so, on stdout, only).
+    gone = await ok(bootstrap, "consumer-groups", "--delete", "--group", meant)
+    assert f"Group '{meant}' could not be deleted" in gone
+    assert "GroupIdNotFoundException" in gone
+
 
 async def test_the_worker_groups_offsets_go_through_orders_commands(
     settings: Settings, engine: AsyncEngine, run_id: str

@@ -37,6 +37,11 @@ EXPECTED_PRIVILEGES = {
     # `orders lab semantics` (migrations/versions/0004): deliveries are never updated.
     "lab_deliveries": {"SELECT", "INSERT", "DELETE"},
     "lab_positions": {"SELECT", "INSERT", "UPDATE", "DELETE"},
+    # `orders analytics` (migrations/versions/0006): DELETE for the lab's own runs' rows.
+    "revenue_windows": {"SELECT", "INSERT", "UPDATE", "DELETE"},
+    "analytics_watermarks": {"SELECT", "INSERT", "UPDATE", "DELETE"},
+    # `orders payments` (migrations/versions/0007): the audit trail is append-only.
+    "payment_attempts": {"SELECT", "INSERT"},
     "alembic_version": set(),
 }
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
@@ -57,6 +62,8 @@ REFUSED_TO_THE_APP = [
     "DELETE FROM orders",
     "UPDATE orders SET total = 0",
     "UPDATE alembic_version SET version_num = '0001'",
+    "UPDATE payment_attempts SET outcome = 'charged'",
+    "DELETE FROM payment_attempts",
     "SELECT version_num FROM alembic_version",
     "CREATE DATABASE intruder",
     "CREATE ROLE intruder",

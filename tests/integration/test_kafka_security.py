@@ -27,13 +27,15 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
     GroupAuthorizationFailedError,
     KafkaConnectionError,
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
 )
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord, TopicPartition
@@ -57,6 +59,11 @@ from tests.integration.worker_harness import worker_running
 BASE_PORT = 19592  # broker 19592, controller 19593
 PREFIXES = ("t-orders-", "t-dlq-", "t-workers-")  # orders topic, DLQ topic, group
 ORDERS, DLQ, GROUP = PREFIXES
+# The other groups' and the payments topic's names: AclScope's defaults, granted as prefixes
+# too, so that `<name>-<run>` is fresh per scenario and still covered.
+ANALYTICS_GROUP, PAYMENTS_GROUP, PAYMENTS = "order-analytics", "order-payments", "payments"
+# The payments members' transactional ids, f"{group}-{topic}-{partition}": always a prefix.
+TRANSACTIONAL_IDS = f"{PAYMENTS_GROUP}-"
 ORDERS_CLI = str(Path(sys.executable).with_name("orders"))
 
 # Every ACL of the secured broker, as scripts/kafka/acls.sh grants them (ACL_PATTERN=prefixed):
@@ -72,6 +79,29 @@ ACLS = {
     ("User:orders-worker", "TOPIC", DLQ, "PREFIXED", "DESCRIBE", "ALLOW"),
     ("User:orders-worker", "GROUP", GROUP, "PREFIXED", "READ", "ALLOW"),
     ("User:orders-worker", "GROUP", GROUP, "PREFIXED", "DESCRIBE", "ALLOW"),
+    # Analytics: consume orders in its own group.
+    ("User:orders-analytics", "TOPIC", ORDERS, "PREFIXED", "READ", "ALLOW"),
+    ("User:orders-analytics", "TOPIC", ORDERS, "PREFIXED", "DESCRIBE", "ALLOW"),
+    ("User:orders-analytics", "GROUP", ANALYTICS_GROUP, "PREFIXED", "READ", "ALLOW"),
+    ("User:orders-analytics", "GROUP", ANALYTICS_GROUP, "PREFIXED", "DESCRIBE", "ALLOW"),
+    # Payments: consume orders in its own group, write payments in transactions that carry the
+    # consumed offsets. No IDEMPOTENT_WRITE on the cluster: since Kafka 3.0 (KIP-679) WRITE on
+    # the transactional id is what a transactional producer needs (the test below proves it).
+    ("User:orders-payments", "TOPIC", ORDERS, "PREFIXED", "READ", "ALLOW"),
+    ("User:orders-payments", "TOPIC", ORDERS, "PREFIXED", "DESCRIBE", "ALLOW"),
+    ("User:orders-payments", "GROUP", PAYMENTS_GROUP, "PREFIXED", "READ", "ALLOW"),
+    ("User:orders-payments", "GROUP", PAYMENTS_GROUP, "PREFIXED", "DESCRIBE", "ALLOW"),
+    ("User:orders-payments", "TOPIC", PAYMENTS, "PREFIXED", "WRITE", "ALLOW"),
+    ("User:orders-payments", "TOPIC", PAYMENTS, "PREFIXED", "DESCRIBE", "ALLOW"),
+    ("User:orders-payments", "TRANSACTIONAL_ID", TRANSACTIONAL_IDS, "PREFIXED", "WRITE", "ALLOW"),
+    (
+        "User:orders-payments",
+        "TRANSACTIONAL_ID",
+        TRANSACTIONAL_IDS,
+        "PREFIXED",
+        "DESCRIBE",
+        "ALLOW",
+    ),
     # The operator: migrate (create, configs), lag, offsets reset, dlq list, dlq replay.
     *(
         ("User:orders-operator", "TOPIC", topic, "PREFIXED", operation, "ALLOW")
@@ -79,6 +109,10 @@ ACLS = {
         for operation in ("CREATE", "DESCRIBE_CONFIGS", "ALTER_CONFIGS", "READ", "DESCRIBE")
     ),
     ("User:orders-operator", "TOPIC", ORDERS, "PREFIXED", "WRITE", "ALLOW"),
+    *(
+        ("User:orders-operator", "TOPIC", PAYMENTS, "PREFIXED", operation, "ALLOW")
+        for operation in ("CREATE", "DESCRIBE_CONFIGS", "ALTER_CONFIGS", "DESCRIBE")
+    ),
     ("User:orders-operator", "GROUP", GROUP, "PREFIXED", "READ", "ALLOW"),
     ("User:orders-operator", "GROUP", GROUP, "PREFIXED", "DESCRIBE", "ALLOW"),
 }
@@ -154,6 +188,18 @@ class Scenario:
     def operator(self) -> KafkaSettings:
         return self.kafka("orders-operator")
 
+    @property
+    def analytics_group(self) -> str:
+        return f"{ANALYTICS_GROUP}-{self.run}"
+
+    @property
+    def payments_group(self) -> str:
+        return f"{PAYMENTS_GROUP}-{self.run}"
+
+    @property
+    def payments_topic(self) -> str:
+        return f"{PAYMENTS}-{self.run}"
+
 
 @pytest.fixture
 async def scenario(secured_kafka: ThrowawayCluster) -> Scenario:
@@ -216,13 +262,14 @@ async def produce(kafka: KafkaSettings, topic: str, value: bytes, key: bytes) ->
 
 @asynccontextmanager
 async def consumer_of(
-    kafka: KafkaSettings, group: str | None = None
+    kafka: KafkaSettings, group: str | None = None, isolation_level: str = "read_uncommitted"
 ) -> AsyncIterator[AIOKafkaConsumer]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=kafka.bootstrap_servers,
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        isolation_level=isolation_level,
         **kafka_client_security(kafka),
     )
     await consumer.start()
@@ -246,11 +293,12 @@ def test_no_password_went_on_a_command_line_while_the_broker_was_set_up(
     assert sum("-genkeypair" in run for run in runs) == 2, runs
     assert any("AclCommand" in run for run in runs), runs
     passwords = {(folder / "tls" / "store.password").read_text().strip()}
-    for principal in ("admin", "orders-api", "orders-worker", "orders-operator"):
+    principals = ("admin", "orders-api", "orders-worker", "orders-operator")
+    for principal in (*principals, "orders-analytics", "orders-payments"):
         for line in (folder / "credentials" / f"{principal}.env").read_text().splitlines():
             if line.startswith("KAFKA_SASL_PASSWORD="):
                 passwords.add(line.partition("=")[2])
-    assert len(passwords) == 5
+    assert len(passwords) == 7
     assert not [run for run in runs if any(password in run for password in passwords)]
 
 
@@ -504,3 +552,135 @@ async def test_listing_the_dlq_without_the_right_says_not_authorized(
     assert listing.returncode == 1, listing
     assert expected in listing.stderr
     assert "does not exist" not in listing.stderr + listing.stdout
+
+
+# --- the other two scenarios' members (app/analytics/, app/payments/) ---
+
+
+async def create_payments_topic(scenario: Scenario) -> str:
+    """`orders migrate`'s topics, payments included, by the operator's principal: the orders
+    topics exist already (their configs read and kept), the payments topic is created."""
+    reports = await ensure_topics(scenario.operator, scenario.payments_topic)
+    assert {r.name: r.created for r in reports} == {
+        scenario.operator.orders_topic: False,
+        scenario.operator.dlq_topic: False,
+        scenario.payments_topic: True,
+    }
+    return scenario.payments_topic
+
+
+def transactional_producer(kafka: KafkaSettings, transactional_id: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        transactional_id=transactional_id,
+        enable_idempotence=True,
+        acks="all",
+        request_timeout_ms=10000,
+        **kafka_client_security(kafka),
+    )
+
+
+async def first_records(
+    consumer: AIOKafkaConsumer,
+) -> tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+    fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+    async with asyncio.timeout(30):
+        while not fetched:
+            fetched = await consumer.getmany(timeout_ms=1000)
+    [(tp, records)] = fetched.items()
+    return tp, records
+
+
+async def stable_offset(consumer: AIOKafkaConsumer, tp: TopicPartition, wanted: int) -> int | None:
+    """The group's committed offset of `tp`, polled until it is `wanted` (for 30 s). An offset
+    sent in a transaction becomes fetchable once the coordinator has written the commit marker
+    into __consumer_offsets, a moment after EndTxn returns."""
+    committed = None
+    for _ in range(150):
+        committed = await consumer.committed(tp)
+        if committed == wanted:
+            break
+        await asyncio.sleep(0.2)
+    return committed
+
+
+async def test_analytics_consumes_orders_in_its_group_and_nothing_more(
+    scenario: Scenario,
+) -> None:
+    analytics = scenario.kafka("orders-analytics")
+    payments_topic = await create_payments_topic(scenario)
+    await publish(scenario.api, "customer-analytics")
+
+    # Fast mode: a member of its group that commits what it read (auto-commit's request).
+    async with consumer_of(analytics, scenario.analytics_group) as consumer:
+        consumer.subscribe([analytics.orders_topic])
+        tp, records = await first_records(consumer)
+        await consumer.commit({tp: records[-1].offset + 1})
+        assert await consumer.committed(tp) == records[-1].offset + 1
+
+    # It reads; it writes nowhere: not payments, not orders, not the DLQ. Allowed WRITE on no
+    # topic at all, it is not even given a producer id (KIP-679: an idempotent producer needs
+    # WRITE on some topic, or IDEMPOTENT_WRITE on the cluster), before any topic is named.
+    for topic in (payments_topic, analytics.orders_topic, analytics.dlq_topic):
+        with pytest.raises(ClusterAuthorizationFailedError):
+            await produce(analytics, topic, b"not from analytics", b"k")
+    # Neither the workers' group nor the payments group is its own.
+    for group in (scenario.group, scenario.payments_group):
+        async with consumer_of(analytics, group) as consumer:
+            consumer.subscribe([analytics.orders_topic])
+            with pytest.raises(GroupAuthorizationFailedError):
+                async with asyncio.timeout(30):
+                    await consumer.getmany(timeout_ms=5000)
+
+
+async def test_payments_writes_exactly_once_with_its_offsets_in_the_transaction(
+    scenario: Scenario,
+) -> None:
+    """What app/payments does per partition, as its user: read orders read_committed in its
+    group, then one transaction holding the payments event and the consumed offset. Only the
+    ACLs listed in ACLS are granted: this passing is the proof that no IDEMPOTENT_WRITE on the
+    cluster is needed."""
+    payments = scenario.kafka("orders-payments")
+    payments_topic = await create_payments_topic(scenario)
+    await publish(scenario.api, "customer-payments")
+    group = scenario.payments_group
+
+    async with consumer_of(payments, group, "read_committed") as consumer:
+        consumer.subscribe([payments.orders_topic])
+        tp, records = await first_records(consumer)
+        producer = transactional_producer(payments, f"{group}-{tp.topic}-{tp.partition}")
+        async with asyncio.timeout(60):
+            await producer.start()
+            try:
+                async with producer.transaction():
+                    await producer.send_and_wait(payments_topic, b"charged", key=records[0].key)
+                    await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, group)
+            finally:
+                await producer.stop()
+        assert await stable_offset(consumer, tp, records[-1].offset + 1) == records[-1].offset + 1
+
+    # A read_committed reader downstream (the super user here) sees the one event.
+    async with consumer_of(scenario.kafka("admin"), None, "read_committed") as reader:
+        reader.subscribe([payments_topic])
+        _, events = await first_records(reader)
+    assert [event.value for event in events] == [b"charged"]
+
+
+async def test_payments_is_refused_what_its_code_does_not_do(scenario: Scenario) -> None:
+    payments = scenario.kafka("orders-payments")
+    # A transactional id outside its prefix (another service's, or a typo) is not its own.
+    outsider = transactional_producer(payments, f"order-workers-{scenario.run}-0")
+    with pytest.raises(TransactionalIdAuthorizationFailed):
+        async with asyncio.timeout(60):
+            await outsider.start()
+    await outsider.stop()
+    # It writes payments only: not orders, not the DLQ.
+    for topic in (payments.orders_topic, payments.dlq_topic):
+        with pytest.raises(TopicAuthorizationFailedError):
+            await produce(payments, topic, b"not from payments", b"k")
+    # The analytics group is not its own.
+    async with consumer_of(payments, scenario.analytics_group) as consumer:
+        consumer.subscribe([payments.orders_topic])
+        with pytest.raises(GroupAuthorizationFailedError):
+            async with asyncio.timeout(30):
+                await consumer.getmany(timeout_ms=5000)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from app.lab.offset_commits import add_arguments, run_from_args
+from app.lab.offsets import add_arguments, run_from_args
 from app.lab.report import Cell
 from app.lab.workspace import lab_workspace
 from app.settings import KafkaSettings, Settings

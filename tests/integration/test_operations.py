@@ -387,3 +387,24 @@ async def test_a_group_delete_deletes_what_exists_in_either_place(
     for group in (only_postgres, only_kafka):
         assert not (await plan_delete(settings, engine, group)).known
     assert await delete_group(settings, engine, f"lab-cli-{run_id}-none") == Deleted(0, False)
+
+
+async def test_an_offset_reset_of_another_group_moves_only_that_group(
+    settings: Settings, engine: AsyncEngine, run_id: str
+) -> None:
+    """`orders offsets reset --group G`: the analytics and payments groups keep their positions
+    in PostgreSQL too; resetting one of them leaves the worker group where it stands."""
+    topic, other = settings.kafka.orders_topic, f"ops-{run_id}-other"
+    expected = await orders_accepted(settings, customers_for(run_id, 3), per_customer=2)
+    async with worker_running(settings, engine):
+        assert await wait_until_stored(engine, expected) == 6
+    workers_before = await stored_positions(engine, settings.worker.group_id, topic)
+
+    moves = await plan_reset(settings, engine, Target("latest"), None, group=other)
+    assert all(move.current is None for move in moves)  # the other group never stored one
+    await apply_reset(settings, engine, moves, group=other)
+
+    ends = await end_offsets(settings.kafka.bootstrap_servers, topic)
+    assert await stored_positions(engine, other, topic) == ends
+    assert await stored_positions(engine, settings.worker.group_id, topic) == workers_before
+    await delete_group(settings, engine, other)

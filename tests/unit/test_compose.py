@@ -38,7 +38,10 @@ DOCKERFILE = ROOT / "docker" / "Dockerfile"
 SINGLE = ("compose.yaml",)
 CLUSTER = ("compose.yaml", "compose.cluster.yaml")
 STACKS = pytest.mark.parametrize("stack", [SINGLE, CLUSTER], ids=["single", "cluster"])
-APP_SERVICES = ("migrate", "api", "worker")  # each runs the `orders` subcommand of its name
+# Each runs the `orders` subcommand of its name, with the operator's .env and a Kafka user.
+APP_SERVICES = ("migrate", "api", "worker", "analytics", "payments")
+# Consumer-group members: scaled with --scale, drained on SIGTERM.
+MEMBER_SERVICES = ("worker", "analytics", "payments")
 # The PostgreSQL passwords compose requires, which .env.example leaves empty on purpose.
 DATABASE_PASSWORDS = ("POSTGRES_PASSWORD", "ORDERS_DB_OWNER_PASSWORD", "ORDERS_DB_APP_PASSWORD")
 # The Kafka users' passwords, likewise (tests/unit/test_compose_kafka_security.py).
@@ -46,6 +49,8 @@ KAFKA_PASSWORDS = (
     "KAFKA_ADMIN_PASSWORD",
     "KAFKA_API_PASSWORD",
     "KAFKA_WORKER_PASSWORD",
+    "KAFKA_ANALYTICS_PASSWORD",
+    "KAFKA_PAYMENTS_PASSWORD",
     "KAFKA_OPERATOR_PASSWORD",
 )
 ROLES_SQL = ROOT / "docker" / "postgres-init" / "10-orders-roles.sql"
@@ -461,21 +466,29 @@ def test_startup_order_waits_for_health_and_migrations(stack: tuple[str, ...]) -
     for dependency in [*brokers(services), "postgres"]:
         assert migrate_deps[dependency]["condition"] == "service_healthy", dependency
         assert services[dependency]["healthcheck"]["test"], dependency
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "analytics", "payments"):
         condition = services[name]["depends_on"]["migrate"]["condition"]
         assert condition == "service_completed_successfully", name
-    # The image's HEALTHCHECK probes the API's port: migrate has none, the worker its own.
-    assert services["migrate"]["healthcheck"] == {"disable": True}
+    # Payments charges from its first order on: the gateway answers first.
+    assert services["payments"]["depends_on"]["gateway"]["condition"] == "service_healthy"
+    assert services["gateway"]["healthcheck"]["test"]
+    # The image's HEALTHCHECK probes the API's port: migrate, analytics and payments serve no
+    # probe (none to run), the worker its own.
+    for name in ("migrate", "analytics", "payments"):
+        assert services[name]["healthcheck"] == {"disable": True}, name
     probe = " ".join(services["worker"]["healthcheck"]["test"])
     port = container_env(services["worker"])["WORKER_METRICS_PORT"]
     assert f"http://127.0.0.1:{port}/readyz" in probe, probe
 
 
 @STACKS
+@pytest.mark.parametrize("member", MEMBER_SERVICES)
 def test_workers_scale_and_drain_before_they_are_killed(
-    stack: tuple[str, ...], no_local_config: pytest.MonkeyPatch
+    stack: tuple[str, ...], member: str, no_local_config: pytest.MonkeyPatch
 ) -> None:
-    worker = resolved(stack)["worker"]
+    """Each group's members drain within WORKER_SHUTDOWN_TIMEOUT_S (app/worker/runner.py,
+    app/analytics/runner.py, app/payments/)."""
+    worker = resolved(stack)[member]
     assert "container_name" not in worker, "--scale needs compose to name the containers"
     assert "ports" not in worker, "--scale: replicas cannot share a published port"
     assert worker.get("stop_signal") == "SIGTERM"
@@ -726,3 +739,55 @@ def test_prometheus_scrapes_the_api_and_every_worker_replica(
     assert worker.metrics_host == "0.0.0.0", "reachable from the prometheus container"
     assert discovery["port"] == worker.metrics_port != 0
     assert "ports" not in services["worker"], "the workers' metrics are not published"
+
+
+# --- compose: the simulated payment gateway ---
+
+
+@STACKS
+def test_the_gateway_serves_on_the_address_payments_calls(
+    stack: tuple[str, ...], no_local_config: pytest.MonkeyPatch
+) -> None:
+    services = resolved(stack)
+    gateway = services["gateway"]
+    assert gateway["image"] == services["api"]["image"], "the app's image"
+    args = build_parser().parse_args(gateway["command"])
+    assert args.command == "gateway"
+    assert args.host == "0.0.0.0", "reachable from the payments containers"
+    assert args.port is not None, "pin --port: a GATEWAY_PORT in .env must not move it"
+    for variable, value in container_env(services["payments"]).items():
+        no_local_config.setenv(variable, value)
+    url = urlsplit(load_settings().payments.gateway_url)
+    assert (url.scheme, url.hostname, url.port) == ("http", "gateway", args.port)
+    # Its healthcheck (what payments waits for) asks the gateway's own GET /stats.
+    probe = " ".join(gateway["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{args.port}/stats" in probe, probe
+
+
+@STACKS
+def test_the_gateway_is_published_on_loopback_only(stack: tuple[str, ...]) -> None:
+    """It has no authentication: /stats for the host's reader, nobody else's."""
+    gateway = resolved(stack)["gateway"]
+    port = build_parser().parse_args(gateway["command"]).port
+    assert gateway["ports"] == [f"127.0.0.1:{port}:{port}"]
+
+
+@STACKS
+def test_the_gateway_holds_no_secret_and_only_its_settings(
+    stack: tuple[str, ...], no_local_config: pytest.MonkeyPatch
+) -> None:
+    """No Kafka, no database: no .env (every password is there), no credentials, and each
+    variable it is given a real setting."""
+    gateway = resolved(stack)["gateway"]
+    assert "env_file" not in gateway
+    environment = environment_of(gateway)
+    assert not set(environment) - settings_variables(), sorted(environment)
+    assert not any(key.startswith(("KAFKA_", "DATABASE_")) for key in environment)
+    assert not any(str(v).startswith("kafka-ca:") for v in gateway.get("volumes", []))
+    chosen = operator_env()
+    secrets = [chosen[name] for name in (*DATABASE_PASSWORDS, *KAFKA_PASSWORDS)]
+    assert not [value for value in environment.values() if any(s in value for s in secrets)]
+    with no_local_config.context() as patch:
+        for variable, value in environment.items():
+            patch.setenv(variable, value)
+        assert load_settings().gateway.latency_ms == float(environment["GATEWAY_LATENCY_MS"])

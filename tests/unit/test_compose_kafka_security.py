@@ -44,11 +44,15 @@ USERS = {
     "migrate": ("orders-operator", "KAFKA_OPERATOR_PASSWORD"),
     "api": ("orders-api", "KAFKA_API_PASSWORD"),
     "worker": ("orders-worker", "KAFKA_WORKER_PASSWORD"),
+    "analytics": ("orders-analytics", "KAFKA_ANALYTICS_PASSWORD"),
+    "payments": ("orders-payments", "KAFKA_PAYMENTS_PASSWORD"),
 }
 SCRAM_VARIABLES = {
     "SCRAM_ADMIN_PASSWORD": "KAFKA_ADMIN_PASSWORD",
     "SCRAM_API_PASSWORD": "KAFKA_API_PASSWORD",
     "SCRAM_WORKER_PASSWORD": "KAFKA_WORKER_PASSWORD",
+    "SCRAM_ANALYTICS_PASSWORD": "KAFKA_ANALYTICS_PASSWORD",
+    "SCRAM_PAYMENTS_PASSWORD": "KAFKA_PAYMENTS_PASSWORD",
     "SCRAM_OPERATOR_PASSWORD": "KAFKA_OPERATOR_PASSWORD",
 }
 
@@ -184,6 +188,9 @@ def test_the_acls_name_what_the_app_uses(
     assert acls["ACL_ORDERS_TOPIC"] == settings.kafka.orders_topic
     assert acls["ACL_DLQ_TOPIC"] == settings.kafka.dlq_topic
     assert acls["ACL_GROUP"] == settings.worker.group_id
+    assert acls["ACL_ANALYTICS_GROUP"] == settings.analytics.group_id
+    assert acls["ACL_PAYMENTS_GROUP"] == settings.payments.group_id
+    assert acls["ACL_PAYMENTS_TOPIC"] == settings.payments.topic
     assert set(acls["ACL_BOOTSTRAP"].split(",")) == set(settings.kafka.bootstrap_servers.split(","))
     assert settings.kafka.ssl_cafile is not None
     assert acls["ACL_CA_FILE"] == settings.kafka.ssl_cafile.as_posix()

@@ -113,9 +113,15 @@ def test_a_key_that_does_not_fit_names_the_variables(
         )
 
 
+# Functions whose result carries kafka_client_security(...) (checked below) and may be spread
+# into a client instead.
+SECURED_OPTIONS = {"lab_client_options"}
+
+
 def test_every_kafka_client_of_the_app_takes_the_security_options() -> None:
     """No AIOKafkaProducer/Consumer/AdminClient is built in app/ without
-    `**kafka_client_security(...)`: a client that skipped it would connect in PLAINTEXT."""
+    `**kafka_client_security(...)` (or `**lab_client_options(...)`, which holds it): a client
+    that skipped it would connect in PLAINTEXT."""
     built, unsecured = 0, []
     for path in sorted((ROOT / "app").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -126,7 +132,7 @@ def test_every_kafka_client_of_the_app_takes_the_security_options() -> None:
                 k.value
                 for k in node.keywords
                 if k.arg is None and isinstance(k.value, ast.Call)
-                if ast.unparse(k.value.func) == "kafka_client_security"
+                if ast.unparse(k.value.func) in {"kafka_client_security", *SECURED_OPTIONS}
             ]
             if not spread:
                 unsecured.append(f"{path.relative_to(ROOT)}:{node.lineno}")
@@ -243,3 +249,13 @@ def test_security_options_without_the_protocol_that_uses_them_are_refused(
 def test_a_client_key_needs_its_certificate() -> None:
     with pytest.raises(ValueError, match="KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE"):
         KafkaSettings(security_protocol="SSL", ssl_keyfile=Path("/etc/key.pem"))
+
+
+def test_the_lab_client_options_hold_the_security_options(certificate: tuple[Path, Path]) -> None:
+    from app.lab.clients import lab_client_options
+
+    cert, _ = certificate
+    settings = scram(ssl_cafile=cert)
+    options = lab_client_options(settings, "x")
+    assert {**options, **kafka_client_security(settings)}.keys() == options.keys()
+    assert options["security_protocol"] == "SASL_SSL"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.lab.group_child import fields
-from app.lab.group_member import Event
-from app.lab.group_rules import (
+from app.lab.groups.child import fields
+from app.lab.groups.member import Event
+from app.lab.groups.rules import (
     listed,
     longest_gap,
     median_and_max,

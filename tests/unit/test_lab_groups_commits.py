@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from app.lab.commit_rules import STRATEGIES, kill_here, mid_batch, tally
-from app.lab.offset_commits import crash_after
+from app.lab.offsets import crash_after
+from app.lab.offsets.rules import STRATEGIES, count_processed, kill_here, mid_batch
 
 
 def test_mid_batch_means_done_with_one_and_one_left() -> None:
@@ -43,11 +43,11 @@ def test_auto_commit_ahead_dies_once_the_timer_committed_past_the_record() -> No
 
 def test_the_tally_counts_second_processings_and_the_never_processed() -> None:
     processed = [0, 1, 2, 3, 2, 3, 5]  # 2 and 3 redelivered after a crash, 4 skipped
-    counted = tally(processed, 6)
+    counted = count_processed(processed, 6)
     assert (counted.records, counted.processed) == (6, 7)
     assert (counted.redelivered, counted.lost) == (2, 1)
-    assert tally([], 3).lost == 3
-    assert tally([0, 0, 0], 1).redelivered == 2
+    assert count_processed([], 3).lost == 3
+    assert count_processed([0, 0, 0], 1).redelivered == 2
 
 
 def test_every_strategy_of_the_brief_is_run() -> None:

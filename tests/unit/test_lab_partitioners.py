@@ -8,7 +8,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from app.batching import partition_for
-from app.lab.partitioning.experiment import STRATEGIES, Outcome
+from app.lab.partitioning.experiment import STRATEGIES, PartitioningOutcome
 from app.lab.partitioning.measures import (
     customers_on_many_partitions,
     ordering,
@@ -124,8 +124,10 @@ def test_the_table_reads_the_outcomes() -> None:
     priority = STRATEGIES[3]
     assert (round_robin.name, priority.name) == ("round_robin", "priority")
     outcomes = [
-        Outcome(round_robin, [(p, i % 6) for i, p in enumerate(stream)], ordering(stream), []),
-        Outcome(
+        PartitioningOutcome(
+            round_robin, [(p, i % 6) for i, p in enumerate(stream)], ordering(stream), []
+        ),
+        PartitioningOutcome(
             priority,
             [(p, 0 if is_priority(p.customer) else 4) for p in stream],
             ordering(list(reversed(stream))),

@@ -82,6 +82,8 @@ def test_compose_formats_the_storage_with_the_passwords_in_a_private_file(
         "SCRAM_ADMIN_PASSWORD": "admin-password-0123456789",
         "SCRAM_API_PASSWORD": "api-password-0123456789",
         "SCRAM_WORKER_PASSWORD": "worker-password-0123456789",
+        "SCRAM_ANALYTICS_PASSWORD": "analytics-password-0123456789",
+        "SCRAM_PAYMENTS_PASSWORD": "payments-password-0123456789",
         "SCRAM_OPERATOR_PASSWORD": "operator-password-0123456789",
     }
     environment = {
@@ -102,6 +104,7 @@ def test_compose_formats_the_storage_with_the_passwords_in_a_private_file(
         assert password not in argv
     formatted = (tmp_path / "argfile").read_text().splitlines()
     assert "SCRAM-SHA-512=[name=orders-api,password=api-password-0123456789]" in formatted
+    assert sum(line.startswith("SCRAM-SHA-512=[name=") for line in formatted) == len(users)
     assert formatted[formatted.index("--config") + 1] == str(config / "server.properties")
     assert (tmp_path / "argfile.mode").read_text().strip() == "600"
     assert sorted(path.name for path in config.iterdir()) == [

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from app.lab.group_deadline import within
+from app.lab.deadline import within
 from app.lab.groups import rebalance_pause, sharing, static_membership
 from app.lab.report import Table
 from app.lab.workspace import LabWorkspace

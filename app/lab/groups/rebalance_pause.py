@@ -25,10 +25,10 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
-from app.lab.group_deadline import until
-from app.lab.group_member import LabMember
-from app.lab.group_rules import longest_gap, median_and_max, pause_after
-from app.lab.group_traffic import steady_stream
+from app.lab.deadline import until
+from app.lab.groups.member import LabMember
+from app.lab.groups.rules import longest_gap, median_and_max, pause_after
+from app.lab.groups.traffic import steady_stream
 from app.lab.report import Table
 from app.lab.workspace import LabWorkspace
 from app.settings import KafkaSettings, Settings

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 
-from app.lab.group_deadline import until
-from app.lab.group_member import LabMember
-from app.lab.group_rules import listed, read_each_once, shares_cleanly
-from app.lab.group_traffic import fill
+from app.lab.deadline import until
+from app.lab.groups.member import LabMember
+from app.lab.groups.rules import listed, read_each_once, shares_cleanly
+from app.lab.groups.traffic import fill
 from app.lab.report import Table
 from app.lab.workspace import LabWorkspace
 from app.settings import Settings

@@ -6,7 +6,7 @@ unless the group can tell that the member coming back is the same one: `group.in
 holds until its session times out.
 
 How it is checked: a group of two members, member 1 in this process, member 2 a child process
-(`python -m app.lab.group_member`). Member 2 is restarted well inside the session timeout, two
+(`python -m app.lab.groups.member`). Member 2 is restarted well inside the session timeout, two
 ways: killed -9, as a crash kills it, or stopped (SIGTERM: its consumer closes), then started
 again with the same arguments. Member 1, reading a steady stream, counts the rebalances it goes
 through (each one revokes all it owns: aiokafka is eager) and its longest stretch without a
@@ -27,18 +27,20 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from app.lab.group_child import lab_child
-from app.lab.group_deadline import until
-from app.lab.group_member import LabMember
-from app.lab.group_rules import longest_gap, rebalances_between
-from app.lab.group_traffic import steady_stream
+from app.lab.deadline import until, within
+from app.lab.groups.child import lab_child
+from app.lab.groups.member import LabMember
+from app.lab.groups.rules import longest_gap, rebalances_between
+from app.lab.groups.traffic import steady_stream
 from app.lab.report import Table
 from app.lab.workspace import LabWorkspace
+from app.operations.group_delete import GroupDeleteRefusedError, delete_kafka_group
+from app.operations.kafka_clients import admin_client
 from app.settings import Settings
 
 Membership = Literal["dynamic", "static"]
-Restart = Literal["kill -9", "stop"]
-SCENARIOS: tuple[tuple[Membership, Restart], ...] = (
+RestartHow = Literal["kill -9", "stop"]
+SCENARIOS: tuple[tuple[Membership, RestartHow], ...] = (
     ("dynamic", "kill -9"),
     ("static", "kill -9"),
     ("dynamic", "stop"),
@@ -66,7 +68,7 @@ async def restart_member_2(
     settings: Settings,
     workspace: LabWorkspace,
     topic: str,
-    how: tuple[Membership, Restart],
+    how: tuple[Membership, RestartHow],
     session_s: float,
     log_dir: Path,
 ) -> dict[str, str | int | float | bool | None]:
@@ -103,7 +105,7 @@ async def restart_member_2(
             lambda: first.partitions == ALL,
             [first],
         )
-        async with lab_child(settings, "app.lab.group_member", member_2, log_dir, name) as second:
+        async with lab_child(settings, "app.lab.groups.member", member_2, log_dir, name) as second:
             await second.line("assigned partitions=", timeout=STEP_S)
             await until(
                 kafka,
@@ -119,7 +121,7 @@ async def restart_member_2(
                 await second.wait()
             else:
                 await second.stop()
-        async with lab_child(settings, "app.lab.group_member", member_2, log_dir, name) as again:
+        async with lab_child(settings, "app.lab.groups.member", member_2, log_dir, name) as again:
             await again.line("assigned partitions=", timeout=2 * session_s + STEP_S)
             back_at = time.monotonic()
             watch_until = restarted_at + session_s + AFTER_SESSION_S
@@ -134,6 +136,8 @@ async def restart_member_2(
             await again.stop()
     finally:
         await first.stop()
+    if static:
+        await _delete_when_empty(settings, group, session_s)
 
     rebalances = rebalances_between(first.log.revoked, restarted_at, ended_at)
     return {
@@ -145,6 +149,25 @@ async def restart_member_2(
         "member 1 gap ms": longest_gap(first.log.arrivals, restarted_at, ended_at) * 1000,
         "member 2 back ms": (back_at - restarted_at) * 1000,
     }
+
+
+async def _delete_when_empty(settings: Settings, group: str, session_s: float) -> None:
+    """Delete a static group once Kafka has expired its members. They sent no LeaveGroup when
+    they closed (that is the point of static membership), so the group keeps them, and refuses
+    DeleteGroups (NON_EMPTY), until their sessions time out; the workspace's clean-up, which
+    does not wait, would leave the group behind."""
+    kafka = settings.kafka
+    async with (
+        admin_client(kafka) as admin,
+        within(kafka, f"deleting {group} once its static members expire", session_s + STEP_S),
+    ):
+        while True:
+            try:
+                await delete_kafka_group(admin, group)
+            except GroupDeleteRefusedError:
+                await asyncio.sleep(HEARTBEAT_MS / 1000)
+            else:
+                return
 
 
 async def run(

@@ -14,7 +14,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from app.batching import partition_for
 from app.kafka_security import kafka_client_security
-from app.lab.partitioning.deadline import deadline
+from app.lab.deadline import within
 from app.lab.partitioning.group import consumer_group
 from app.lab.partitioning.measures import (
     Ordering,
@@ -57,7 +57,7 @@ STRATEGIES = (
 
 
 @dataclass(frozen=True)
-class Outcome:
+class PartitioningOutcome:
     strategy: Strategy
     landed: list[tuple[Placed, int]]  # each record and the partition the broker stored it in
     ordering: Ordering
@@ -89,7 +89,7 @@ class Outcome:
 
 async def run_all(
     settings: KafkaSettings, workspace: LabWorkspace, records: int, customers: int, members: int
-) -> list[Outcome]:
+) -> list[PartitioningOutcome]:
     stream = order_stream(records, customer_ids(customers))
     return [await run_one(settings, workspace, s, stream, members) for s in STRATEGIES]
 
@@ -100,7 +100,7 @@ async def run_one(
     strategy: Strategy,
     stream: list[Placed],
     members: int,
-) -> Outcome:
+) -> PartitioningOutcome:
     topic = await workspace.create_topic(strategy.name, PARTITIONS)
     group_id = workspace.group(strategy.name)
     async with consumer_group(settings, topic, group_id, members) as group:
@@ -118,7 +118,7 @@ async def run_one(
         await consuming
         held = [sorted(member) for member in group.held]
     landed = list(zip(stream, partitions, strict=True))
-    return Outcome(strategy, landed, ordering(group.arrivals), held)
+    return PartitioningOutcome(strategy, landed, ordering(group.arrivals), held)
 
 
 async def produce(
@@ -138,7 +138,7 @@ async def produce(
     await bounded(settings, "starting the lab producer", producer.start())
     try:
         # An idempotent producer's batch never expires: the whole production is bounded.
-        async with deadline(settings, f"producing {len(stream)} records", produce_s(stream)):
+        async with within(settings, f"producing {len(stream)} records", produce_s(stream)):
             sent = []
             for placed in stream:
                 key = placed.customer.encode() if strategy.keyed else None

@@ -17,7 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
 from app.kafka_security import kafka_client_security
-from app.lab.partitioning.deadline import deadline
+from app.lab.deadline import within
 from app.lab.partitioning.measures import settled
 from app.lab.partitioning.stream import Placed
 from app.operations.kafka_clients import bounded
@@ -60,7 +60,7 @@ class Group:
         given all the partitions and processes them alone, serially, in the order they were
         fetched; the others then take partitions away from it in one rebalance after another.
         """
-        async with deadline(self.settings, "the consumer group settling", seconds):
+        async with within(self.settings, "the consumer group settling", seconds):
             while not settled(self.held, partitions):
                 await self.changed.wait()
                 self.changed.clear()
@@ -80,7 +80,7 @@ class Group:
                         self.arrivals.append(placed)
                         seen.add(placed)
 
-        async with deadline(self.settings, f"consuming {expected} records", seconds):
+        async with within(self.settings, f"consuming {expected} records", seconds):
             await asyncio.gather(*(member(consumer) for consumer in self.members))
 
 

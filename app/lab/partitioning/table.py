@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from app.lab.partitioning.experiment import PARTITIONS, Outcome
+from app.lab.partitioning.experiment import PARTITIONS, PartitioningOutcome
 from app.lab.partitioning.measures import customers_on_many_partitions
 from app.lab.partitioning.partitioners import DEDICATED_PARTITION
 from app.lab.partitioning.stream import is_priority
@@ -30,7 +30,7 @@ COLUMNS = [
 ]
 
 
-def partitioning_table(outcomes: list[Outcome], members: int) -> Table:
+def partitioning_table(outcomes: list[PartitioningOutcome], members: int) -> Table:
     return Table(
         title="orders lab partitioning: where records land, and the order a group sees",
         claim=CLAIM,
@@ -47,7 +47,7 @@ def partitioning_table(outcomes: list[Outcome], members: int) -> Table:
     )
 
 
-def _row(outcome: Outcome) -> dict[str, Cell]:
+def _row(outcome: PartitioningOutcome) -> dict[str, Cell]:
     counts = outcome.per_partition
     return {
         "strategy": outcome.strategy.name,
@@ -65,7 +65,7 @@ def _row(outcome: Outcome) -> dict[str, Cell]:
     }
 
 
-def _note(outcome: Outcome) -> str:
+def _note(outcome: PartitioningOutcome) -> str:
     row = _row(outcome)
     records, spread = len(outcome.landed), row["spread"]
     customers = {placed.customer for placed, _ in outcome.landed}
@@ -100,7 +100,7 @@ def _note(outcome: Outcome) -> str:
             )
 
 
-def _ordering_notes(outcomes: list[Outcome], members: int) -> list[str]:
+def _ordering_notes(outcomes: list[PartitioningOutcome], members: int) -> list[str]:
     held = " ".join("+".join(f"p{p}" for p in member) for member in outcomes[0].held)
     notes = [
         f"ordering_violations: records that a group of {members} members (holding {held}) "

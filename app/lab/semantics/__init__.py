@@ -31,14 +31,14 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from app.db.engine import create_engine
-from app.errors import OrdersError
+from app.lab.deadline import within
 from app.lab.report import Table
 from app.lab.semantics import store
 from app.lab.semantics.experiment import (
     RESTART_AT,
+    BrokerRestart,
     Options,
-    Outcome,
-    Restart,
+    SemanticsOutcome,
     clean_run,
     faulted_run,
 )
@@ -49,7 +49,7 @@ from app.lab.semantics.results import semantics_table
 from app.lab.workspace import LabWorkspace
 from app.settings import Settings
 
-__all__ = ["Options", "Outcome", "add_arguments", "run_from_args", "run_semantics"]
+__all__ = ["Options", "SemanticsOutcome", "add_arguments", "run_from_args", "run_semantics"]
 
 DEFAULTS = Options()
 
@@ -122,7 +122,9 @@ async def run_from_args(
     return [semantics_table(options, await run_semantics(settings, workspace, options))]
 
 
-async def run_semantics(settings: Settings, workspace: LabWorkspace, options: Options) -> Outcome:
+async def run_semantics(
+    settings: Settings, workspace: LabWorkspace, options: Options
+) -> SemanticsOutcome:
     """Run the experiment; its rows and the lab broker's topics are removed after (unless
     `options.keep`), the lab broker stopped."""
     broker = LabBroker(options.broker_home, options.broker_port) if options.broker_restart else None
@@ -135,27 +137,21 @@ async def run_semantics(settings: Settings, workspace: LabWorkspace, options: Op
         options.partitions,
         options.max_records,
     )
-    deadline = asyncio.timeout(options.deadline_s)
     # A broker restart makes aiokafka log every retry of every client: the table says what
     # happened, with the numbers.
     quiet = _Quiet()
     try:
-        async with deadline:
+        async with within(
+            lab_settings.kafka, lambda: f"semantics, while {lab.step}", options.deadline_s
+        ):
             lab.step = "checking the lab's tables"
             await store.check_tables(engine)
             if broker:
                 lab.step = f"starting the lab's own broker at {broker.bootstrap}"
-                await broker.start()
-            restart = Restart(broker.restart) if broker else None
+                await broker.open()
+            restart = BrokerRestart(broker.restart) if broker else None
             faulted = await faulted_run(lab, options, restart)
             costs = {name: await clean_run(lab, options, MODES[name]) for name in options.modes}
-    except TimeoutError as exc:
-        why = "the deadline passed" if deadline.expired() else "a wait timed out"
-        msg = (
-            f"semantics: {why} ({options.deadline_s:g}s) while {lab.step}; is Kafka at "
-            f"{lab_settings.kafka.bootstrap_servers} answering?"
-        )
-        raise OrdersError(msg) from exc
     finally:
         await _clean_up(lab, broker, options.keep)
         quiet.restore()
@@ -169,7 +165,9 @@ async def run_semantics(settings: Settings, workspace: LabWorkspace, options: Op
         where = (
             f"no broker restart (--no-broker-restart; broker {settings.kafka.bootstrap_servers})"
         )
-    return Outcome(faulted, costs, where, restart is not None and restart.done, lab.run_ids)
+    return SemanticsOutcome(
+        faulted, costs, where, restart is not None and restart.done, lab.run_ids
+    )
 
 
 async def _clean_up(lab: Lab, broker: LabBroker | None, keep: bool) -> None:
@@ -184,7 +182,7 @@ async def _clean_up(lab: Lab, broker: LabBroker | None, keep: bool) -> None:
     if broker:
         if not keep:
             steps.append(("removing the lab broker's topics", lab.workspace.remove))
-        steps.append((f"stopping the lab's broker at {broker.bootstrap}", broker.stop))
+        steps.append((f"stopping the lab's broker at {broker.bootstrap}", broker.close))
     for what, step in steps:
         try:
             await step()

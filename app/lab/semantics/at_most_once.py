@@ -5,6 +5,11 @@ the course's "Some message loss acceptable" scenario. The consumer commits a bat
 BEFORE it processes the batch, then stores its records one by one. A kill -9 between the
 commit and the batch's last record loses the rest of the batch: the next member starts after
 it. A record is never processed twice: its offset was committed before it was touched.
+
+Why acks=0 and not acks=1: the lab's broker is a single node, one in-sync replica, so the
+leader's acknowledgement is the all-replicas acknowledgement and acks=1 would lose nothing.
+acks=1 loses a record only when its leader fails over before a follower copied it, which needs
+two brokers or more; acks=0 loses on one broker too (what it never took, unanswered).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from app.closing import close_quietly
-from app.kafka_security import kafka_client_security
+from app.lab.clients import lab_client_options
 from app.lab.semantics.stream import decode
 from app.lab.semantics.tally import Received
 from app.operations.kafka_clients import bounded
@@ -38,14 +38,11 @@ class _TopicReader:
         self._kafka = kafka
         self._partitions = [TopicPartition(topic, p) for p in range(partitions)]
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers,
-            client_id=f"{kafka.client_id}-lab-reader",
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level=isolation_level,
-            request_timeout_ms=kafka.request_timeout_ms,
-            **kafka_client_security(kafka),
+            **lab_client_options(kafka, "reader"),
         )
         self._task: asyncio.Task[None] | None = None
 

@@ -75,7 +75,7 @@ class Cost:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class SemanticsOutcome:
     faulted: dict[str, Faulted]
     costs: dict[str, Cost]
     broker: str  # the broker fault, in words
@@ -84,7 +84,7 @@ class Outcome:
 
 
 async def faulted_run(
-    lab: Lab, options: Options, broker_restart: Restart | None
+    lab: Lab, options: Options, broker_restart: BrokerRestart | None
 ) -> dict[str, Faulted]:
     """Every mode at once, on the same stream, under the same faults: kill -9 of its member
     every few seconds (at a batch's halfway point), every N-th produce answer lost, a broker
@@ -107,7 +107,7 @@ async def faulted_run(
         ]
         stops = [asyncio.Event() for _ in runs]
         kills = [
-            asyncio.create_task(_kill_every(run, options, stop))
+            asyncio.create_task(_kill_every(run, options, stop, broker_restart))
             for run, stop in zip(runs, stops, strict=True)
         ]
         restart = (
@@ -190,27 +190,37 @@ async def clean_run(lab: Lab, options: Options, mode: Mode) -> Cost:
     )
 
 
-class Restart:
+class BrokerRestart:
     """The broker-restart fault, on the lab's own broker."""
 
     def __init__(self, restart: Callable[[], Awaitable[None]]) -> None:
         self._restart = restart
         self.done = False
         self.down_s = 0.0
+        self.finished = asyncio.Event()  # set when it is done, or failed
 
     async def after(self, delay_s: float) -> None:
-        await asyncio.sleep(delay_s)
-        began = time.monotonic()
-        await self._restart()
-        self.down_s = time.monotonic() - began
-        self.done = True
+        try:
+            await asyncio.sleep(delay_s)
+            began = time.monotonic()
+            await self._restart()
+            self.down_s = time.monotonic() - began
+            self.done = True
+        finally:
+            self.finished.set()
 
 
-async def _kill_every(run: ModeRun, options: Options, stop: asyncio.Event) -> Zombie | None:
+async def _kill_every(
+    run: ModeRun, options: Options, stop: asyncio.Event, broker_restart: BrokerRestart | None
+) -> Zombie | None:
     """Until `stop`: every `kill_every_s` seconds, kill -9 the member halfway through a batch
     and start the next one; the second time, on a mode with a fence, make it a zombie instead
     (after a kill, so that a short run has both). A member that died on its own is started
-    again meanwhile."""
+    again meanwhile.
+
+    The zombie waits for the broker restart to be over: frozen during it, its successor could
+    not commit until the broker is back, so it would stay frozen (its PostgreSQL transaction
+    open) for the whole restart and more, and the test would be of the restart, not the fence."""
     zombie: Zombie | None = None
     if options.kill_every_s <= 0:
         return None
@@ -224,6 +234,8 @@ async def _kill_every(run: ModeRun, options: Options, stop: asyncio.Event) -> Zo
         if stop.is_set():
             break
         if run.mode.zombie and options.zombie and zombie is None and run.slot.kills:
+            if broker_restart is not None:
+                await broker_restart.finished.wait()
             zombie = await run.slot.zombie(stop)
         else:
             await run.slot.kill_mid_batch(stop)

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.closing import close_quietly
 from app.db.engine import create_engine
-from app.kafka_security import kafka_client_security
+from app.lab.clients import lab_client_options
 from app.lab.semantics.store import Delivery
 from app.lab.semantics.stream import decode
 from app.settings import Settings
@@ -151,14 +151,11 @@ class Member:
 
         def consumer() -> AIOKafkaConsumer:
             return AIOKafkaConsumer(
-                bootstrap_servers=kafka.bootstrap_servers,
-                client_id=f"{kafka.client_id}-lab-{self.args.instance}",
                 group_id=self.args.group,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 isolation_level=isolation_level,
-                request_timeout_ms=kafka.request_timeout_ms,
-                **kafka_client_security(kafka),
+                **lab_client_options(kafka, self.args.instance),
             )
 
         started = await self._started(consumer, lambda c: c.start(), lambda c: c.stop())
@@ -181,12 +178,7 @@ class Member:
         kafka = self.settings.kafka
 
         def admin() -> AIOKafkaAdminClient:
-            return AIOKafkaAdminClient(
-                bootstrap_servers=kafka.bootstrap_servers,
-                client_id=f"{kafka.client_id}-lab-{self.args.instance}",
-                request_timeout_ms=kafka.request_timeout_ms,
-                **kafka_client_security(kafka),
-            )
+            return AIOKafkaAdminClient(**lab_client_options(kafka, self.args.instance))
 
         async with AsyncExitStack() as stack:
             client = await self._started(admin, lambda a: a.start(), lambda a: a.close(), stack)
@@ -216,13 +208,10 @@ class Member:
 
         def producer() -> AIOKafkaProducer:
             return AIOKafkaProducer(
-                bootstrap_servers=kafka.bootstrap_servers,
-                client_id=f"{kafka.client_id}-lab-{self.args.instance}",
                 transactional_id=self.args.transactional_id,
                 enable_idempotence=True,
                 acks="all",
-                request_timeout_ms=kafka.request_timeout_ms,
-                **kafka_client_security(kafka),
+                **lab_client_options(kafka, self.args.instance),
             )
 
         return await self._started(producer, lambda p: p.start(), lambda p: p.stop())

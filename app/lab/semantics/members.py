@@ -24,6 +24,8 @@ from app.lab.semantics.member_runtime import FENCED_EXIT
 STARTUP_S = 90.0  # a member waits up to 60 s for a restarting broker, then says why it gave up
 STOP_S = 20.0
 ZOMBIE_WAIT_S = 20.0
+# The longest a zombie stays frozen: its successor's start, then its wait for a commit.
+LONGEST_FREEZE_S = STARTUP_S + ZOMBIE_WAIT_S
 MAX_CRASHES = 5
 
 Line = dict[str, Any]

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.lab.semantics import store
 from app.lab.semantics.downstream import CommittedReader
-from app.lab.semantics.members import Slot
+from app.lab.semantics.members import LONGEST_FREEZE_S, Slot
 from app.lab.semantics.modes import Mode
 from app.lab.semantics.tally import Received
 from app.lab.workspace import LabWorkspace
@@ -38,6 +38,15 @@ class Lab:
     run_ids: list[str] = field(default_factory=list)
 
 
+def _member_env(settings: Settings) -> dict[str, str]:
+    # A zombie is frozen mid-batch with its PostgreSQL transaction open (exactly-once-postgres):
+    # PostgreSQL's idle_in_transaction_session_timeout (30 s by default) would end its session
+    # before it is woken, and it would exit on that error instead of finding itself fenced.
+    # Its members' sessions outlast the longest freeze.
+    timeout_s = max(settings.database.idle_in_transaction_timeout_s, LONGEST_FREEZE_S + 60)
+    return settings_env(settings, DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_S=f"{timeout_s:g}")
+
+
 class ModeRun:
     def __init__(self, lab: Lab, mode: Mode, phase: str) -> None:
         self.lab = lab
@@ -49,7 +58,7 @@ class ModeRun:
         self.group = lab.workspace.group(self.name)
         self.topic = self.out_topic = ""
         self.reader: CommittedReader | None = None
-        self.slot = Slot(mode.name, self._argv, settings_env(lab.settings))
+        self.slot = Slot(mode.name, self._argv, _member_env(lab.settings))
 
     async def prepare(self, stack: AsyncExitStack) -> None:
         """Its topics (and, the Kafka way, its downstream reader); its members are ended with

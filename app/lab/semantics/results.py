@@ -4,7 +4,7 @@ read it (what was done, what each number came from)."""
 from __future__ import annotations
 
 from app.lab.report import Cell, Table
-from app.lab.semantics.experiment import Cost, Faulted, Options, Outcome
+from app.lab.semantics.experiment import Cost, Faulted, Options, SemanticsOutcome
 from app.lab.semantics.members import Zombie
 
 CLAIM = (
@@ -34,7 +34,7 @@ COLUMNS = [
 ]
 
 
-def semantics_table(options: Options, outcome: Outcome) -> Table:
+def semantics_table(options: Options, outcome: SemanticsOutcome) -> Table:
     rows: list[dict[str, Cell]] = []
     for name, run in outcome.faulted.items():
         cost = outcome.costs[name]
@@ -98,6 +98,11 @@ def _method(options: Options, broker: str) -> list[str]:
         "machine) or visible to a read_committed reader (the Kafka way: two hops, and a "
         "transaction to commit); "
         f"orders_per_s: a burst of {options.burst}, first send to last stored or visible",
+        "at-most-once's producer uses acks=0, not acks=1: on this single broker (one in-sync "
+        "replica) the leader's acknowledgement IS the all-replicas one, so acks=1 would lose "
+        "nothing here; acks=1 loses a record only when the leader fails over before a follower "
+        "copied it, which needs two brokers or more. acks=0 loses what the broker never took "
+        "(a send during the restart), with no answer to tell the producer",
         "acknowledged: what the broker confirmed; acks=0 confirms nothing, so every send counts "
         "(all a fire-and-forget producer knows). A send the client gave up on is reported to "
         "the application: sent, not acknowledged, and not counted as lost",

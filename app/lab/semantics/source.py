@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaError
 
 from app.closing import close_quietly
 from app.errors import OrdersError
-from app.kafka_security import kafka_client_security
+from app.lab.clients import lab_client_options
 from app.lab.semantics.lost_acks import LostAcks
 from app.lab.semantics.stream import Event, encode
 from app.settings import KafkaSettings
@@ -54,14 +54,15 @@ class Source:
     def _new_producer(self) -> AIOKafkaProducer:
         kafka = self._kafka
         producer = AIOKafkaProducer(
-            bootstrap_servers=kafka.bootstrap_servers,
-            client_id=f"{kafka.client_id}-lab-source",
+            **lab_client_options(
+                kafka,
+                "source",
+                request_timeout_ms=max(kafka.request_timeout_ms, DELIVERY_TIMEOUT_MS),
+            ),
             linger_ms=kafka.linger_ms,
             max_batch_size=kafka.max_batch_size,
             compression_type=None if kafka.compression_type == "none" else kafka.compression_type,
-            request_timeout_ms=max(kafka.request_timeout_ms, DELIVERY_TIMEOUT_MS),
             **self._options,
-            **kafka_client_security(kafka),
         )
         if self._lost_acks_every:
             self._faults.append(LostAcks(producer, self._lost_acks_every))

@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
 
-from app.lab.group_member import Event
+from app.lab.groups.member import Event
 
 
 def longest_gap(arrivals: Iterable[float], start: float, end: float) -> float:

@@ -5,7 +5,7 @@ Application controls when to commit offsets; Commit strategies: Sync vs Async, p
 batch", and Exercise 3, a consumer with `enable.auto.commit=false`.
 
 How it is checked: a topic of N records; for each strategy a consumer child process
-(`python -m app.lab.commit_member`) reads it in batches, processes each record (a few ms of work,
+(`python -m app.lab.offsets.member`) reads it in batches, processes each record (a few ms of work,
 then its offset appended to a file) and commits the strategy's way. It is killed -9 in the
 middle of a batch, then restarted in the same group and run to the end. The file then says which
 records were processed twice (redelivered) and which never (lost):
@@ -21,10 +21,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from app.lab.commit_rules import STRATEGIES, Strategy, tally
-from app.lab.group_child import fields, lab_child
-from app.lab.group_deadline import within
-from app.lab.group_traffic import fill
+from app.lab.deadline import within
+from app.lab.groups.child import fields, lab_child
+from app.lab.groups.traffic import fill
+from app.lab.offsets.rules import KILL_CASE, STRATEGIES, CommitStrategy, count_processed
 from app.lab.report import Cell, Table
 from app.lab.workspace import LabWorkspace
 from app.settings import Settings
@@ -94,7 +94,7 @@ async def crash_and_restart(
     settings: Settings,
     workspace: LabWorkspace,
     topic: str,
-    strategy: Strategy,
+    strategy: CommitStrategy,
     args: argparse.Namespace,
     logs: Path,
 ) -> tuple[dict[str, Cell], str]:
@@ -105,7 +105,7 @@ async def crash_and_restart(
     member += ["--work-ms", str(args.work_ms)]
     member += ["--auto-commit-interval-ms", str(args.auto_commit_interval_ms)]
     first_run = [*member, "--crash-after", str(crash_after(args.records, args.batch))]
-    module = "app.lab.commit_member"
+    module = "app.lab.offsets.member"
     async with lab_child(settings, module, first_run, logs, f"{strategy}-1") as first:
         crash = fields(await first.line("mid-batch", "done", timeout=STEP_S))
         first.kill()
@@ -114,7 +114,7 @@ async def crash_and_restart(
         restart = fields(await second.line("started", timeout=STEP_S))
         done = fields(await second.line("done", timeout=STEP_S))
 
-    counted = tally((int(line) for line in out.read_text().split()), args.records)
+    counted = count_processed((int(line) for line in out.read_text().split()), args.records)
     killed = int(crash["offset"]) if "offset" in crash else None
     restarted = int(restart["position"])
     explicit = int(crash.get("commits", 0)) + int(done["commits"])
@@ -139,11 +139,16 @@ async def crash_and_restart(
     return row, (
         f"{strategy}: killed after processing offset {killed} "
         f"(record {int(crash['index']) + 1} of a batch from {crash['batch_start']}); "
-        f"restart at {restarted}: {why}."
+        f"restart at {restarted}: {why} (the case shown: {KILL_CASE[strategy]})."
     )
 
 
 NOTES = [
+    "killed after: the kill point is chosen per row (offsets/rules.py, kill_here), the first point "
+    "past --crash-after that shows the row's case: for auto_commit, the timer's last commit "
+    "predates the batch by half an interval (the average crash); for auto_commit_ahead, the "
+    "timer has committed the batch in hand; for the manual rows, any mid-batch point (their "
+    "commits are the application's own).",
     "auto_commit vs auto_commit_ahead: aiokafka's timer commits in the background the position "
     "getmany has reached, processed or not; a crash redelivers what was processed since its "
     "last commit if that commit predates the batch in hand, and loses the rest of the batch if "

@@ -1,6 +1,6 @@
 """One consumer of the offsets lab, run as a child process so that it can be killed -9.
 
-`python -m app.lab.commit_member --topic T --group G --strategy S --out FILE [--crash-after K]`
+`python -m app.lab.offsets.member --topic T --group G --strategy S --out FILE [--crash-after K]`
 reads partition 0 of T from its group's committed position, processes each record (a few ms of
 work, then the record's offset appended to FILE: written data survives a kill -9, which ends the
 process, not the kernel), and commits the way S says. With --crash-after, once K records are
@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from app.kafka_security import kafka_client_security
-from app.lab.commit_rules import AUTO, STRATEGIES, Strategy, kill_here, mid_batch
+from app.lab.offsets.rules import AUTO, STRATEGIES, CommitStrategy, kill_here, mid_batch
 from app.settings import load_settings
 
 FROZEN_S = 60.0  # the parent kills within milliseconds; this only bounds a parent that died
@@ -34,7 +34,7 @@ FROZEN_S = 60.0  # the parent kills within milliseconds; this only bounds a pare
 class Member:
     def __init__(self, args: argparse.Namespace) -> None:
         kafka = load_settings().kafka
-        self.strategy: Strategy = args.strategy
+        self.strategy: CommitStrategy = args.strategy
         self.args = args
         self.tp = TopicPartition(args.topic, 0)
         self.consumer = AIOKafkaConsumer(

@@ -1,5 +1,6 @@
-"""Every wait of the groups and offsets labs is bounded: a group that never settles, or a broker
-that does not answer, fails the lab with a message naming the step instead of hanging it."""
+"""Every wait of the lab is bounded: a step that does not finish in time (a broker that does not
+answer, a group that never settles) fails the lab with a message naming the step, instead of
+hanging it. One helper for every experiment."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Protocol
 
+from app.errors import OrdersError
 from app.operations.kafka_clients import KafkaCommandError
 from app.settings import KafkaSettings
 
 POLL_S = 0.02
+
+
+class LabTimeoutError(OrdersError):
+    """A lab step did not finish within its deadline; the message says which step."""
 
 
 class Watched(Protocol):
@@ -25,15 +31,21 @@ class Watched(Protocol):
 
 
 @asynccontextmanager
-async def within(kafka: KafkaSettings, what: str, seconds: float) -> AsyncIterator[None]:
-    """Run the block for at most `seconds`; past that, KafkaCommandError naming `what`."""
+async def within(
+    kafka: KafkaSettings, what: str | Callable[[], str], seconds: float
+) -> AsyncIterator[None]:
+    """Run the block for at most `seconds`; past that, LabTimeoutError naming `what` (a
+    callable: the step in hand when time ran out). A shorter wait inside the block that times
+    out on its own is reported as such."""
+    timeout = asyncio.timeout(seconds)
     try:
-        async with asyncio.timeout(seconds):
+        async with timeout:
             yield
     except TimeoutError:
-        where = kafka.bootstrap_servers
-        msg = f"{what}: not done within {seconds:g}s (is Kafka at {where} answering?)"
-        raise KafkaCommandError(msg) from None
+        step = what() if callable(what) else what
+        why = f"not done within {seconds:g}s" if timeout.expired() else "a wait in it timed out"
+        msg = f"{step}: {why} (is Kafka at {kafka.bootstrap_servers} answering?)"
+        raise LabTimeoutError(msg) from None
 
 
 async def until(

@@ -5,7 +5,7 @@ every revocation, every assignment and every fetch that brought records. On a re
 commits the positions it reached, so the next owner of a partition starts where it stopped:
 without that, a partition handed over would be read again from the reset point.
 
-Run as a child process (`python -m app.lab.group_member --topic T --group G [--instance-id I]`)
+Run as a child process (`python -m app.lab.groups.member --topic T --group G [--instance-id I]`)
 it prints `assigned partitions=0,2,4` at each assignment and stops its consumer on SIGTERM, so
 the parent can restart it gracefully, or kill it -9 as a crash would.
 """

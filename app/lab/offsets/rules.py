@@ -7,21 +7,29 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-Strategy = Literal[
+CommitStrategy = Literal[
     "auto_commit",
     "auto_commit_ahead",
     "manual_after_batch",
     "manual_per_record",
     "manual_before_batch",
 ]
-STRATEGIES: tuple[Strategy, ...] = (
+STRATEGIES: tuple[CommitStrategy, ...] = (
     "auto_commit",
     "auto_commit_ahead",
     "manual_after_batch",
     "manual_per_record",
     "manual_before_batch",
 )
-AUTO: frozenset[Strategy] = frozenset({"auto_commit", "auto_commit_ahead"})
+AUTO: frozenset[CommitStrategy] = frozenset({"auto_commit", "auto_commit_ahead"})
+# The case each row's kill point (kill_here) is chosen to show.
+KILL_CASE: dict[CommitStrategy, str] = {
+    "auto_commit": "the timer's last commit came before the batch, half an interval ago",
+    "auto_commit_ahead": "the timer committed the batch while it was being processed",
+    "manual_after_batch": "mid-batch, the batch not committed yet",
+    "manual_per_record": "mid-batch, each processed record committed",
+    "manual_before_batch": "mid-batch, the whole batch committed before processing",
+}
 
 
 def mid_batch(index: int, size: int) -> bool:
@@ -30,7 +38,7 @@ def mid_batch(index: int, size: int) -> bool:
 
 
 def kill_here(
-    strategy: Strategy,
+    strategy: CommitStrategy,
     committed: int | None,
     batch_start: int,
     next_offset: int,
@@ -60,17 +68,17 @@ def kill_here(
 
 
 @dataclass(frozen=True)
-class Tally:
+class CommitCount:
     records: int  # in the topic
     processed: int  # times a record was processed, redeliveries included
     redelivered: int  # processings beyond the first of a record
     lost: int  # records never processed
 
 
-def tally(processed_offsets: Iterable[int], records: int) -> Tally:
+def count_processed(processed_offsets: Iterable[int], records: int) -> CommitCount:
     """What the processed offsets (one per processing, in any order) say about offsets 0..n-1."""
     times = Counter(processed_offsets)
-    return Tally(
+    return CommitCount(
         records=records,
         processed=sum(times.values()),
         redelivered=sum(count - 1 for count in times.values()),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 
 from app.kafka_security import kafka_client_security
-from app.lab.group_deadline import within
+from app.lab.deadline import within
 from app.operations.kafka_clients import bounded
 from app.settings import KafkaSettings
 
