@@ -14,20 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
-
-from aiokafka.errors import KafkaError
 
 from app.analytics import exact, fast
 from app.analytics.member import AnalyticsMember, Mode
 from app.closing import close_quietly
 from app.db.engine import create_engine
+from app.member_lifecycle import drain_on_signals, start_with_retries
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EXIT_ON_SECOND_SIGNAL = 130
 MODES: dict[str, Mode] = {fast.NAME: fast, exact.NAME: exact}
 
 
@@ -36,22 +32,15 @@ async def run_analytics(settings: Settings, group_instance_id: str | None = None
     member = AnalyticsMember(
         settings, engine, MODES[settings.analytics.mode], instance_id=group_instance_id
     )
-    loop = asyncio.get_running_loop()
-    signals_seen = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen > 1:
-            log.warning("second %s: exiting now", signal.Signals(signum).name)
-            os._exit(EXIT_ON_SECOND_SIGNAL)
-        log.info("%s: storing the batch in hand, then leaving", signal.Signals(signum).name)
-        member.request_stop()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    drain_on_signals(member.request_stop, "storing the batch in hand")
     try:
-        await _start_with_retries(member, settings)
+        await start_with_retries(
+            member.start,
+            stopping=lambda: member.stopping,
+            backoff_initial_s=settings.worker.retry_backoff_initial_s,
+            backoff_max_s=settings.worker.retry_backoff_max_s,
+            after_failure=lambda: _reset(member),
+        )
         await member.run()
     finally:
         try:
@@ -67,17 +56,6 @@ async def run_analytics(settings: Settings, group_instance_id: str | None = None
     return 0
 
 
-async def _start_with_retries(member: AnalyticsMember, settings: Settings) -> None:
-    """The broker may still be starting (or restarting): keep trying instead of crash-looping."""
-    backoff = settings.worker.retry_backoff_initial_s
-    while not member.stopping:
-        try:
-            await member.start()
-        except (KafkaError, OSError, TimeoutError) as exc:
-            log.warning("could not join the group yet (%r); retrying in %.1fs", exc, backoff)
-            await close_quietly(member.consumer.stop())
-            member.reset_clients()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, settings.worker.retry_backoff_max_s)
-        else:
-            return
+async def _reset(member: AnalyticsMember) -> None:
+    await close_quietly(member.consumer.stop())
+    member.reset_clients()

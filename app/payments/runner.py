@@ -12,40 +12,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
-
-from aiokafka.errors import KafkaError
 
 from app.db.engine import create_engine
+from app.member_lifecycle import drain_on_signals, start_with_retries
 from app.payments.worker import PaymentsWorker
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EXIT_ON_SECOND_SIGNAL = 130
-
 
 async def run_payments(settings: Settings) -> int:
     engine = create_engine(settings.database)
     worker = PaymentsWorker(settings, engine)
-    loop = asyncio.get_running_loop()
-    signals_seen = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen > 1:
-            log.warning("second %s: exiting now", signal.Signals(signum).name)
-            os._exit(EXIT_ON_SECOND_SIGNAL)
-        log.info("%s: finishing the charges in flight, then leaving", signal.Signals(signum).name)
-        worker.request_stop()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    drain_on_signals(worker.request_stop, "finishing the charges in flight")
     shutdown_s = settings.worker.shutdown_timeout_s
     try:
-        await _start_with_retries(worker, settings)
+        await start_with_retries(
+            worker.start,
+            stopping=lambda: worker.stopping,
+            backoff_initial_s=settings.payments.retry_backoff_initial_s,
+            backoff_max_s=settings.payments.retry_backoff_max_s,
+        )
         if not worker.stopping:
             log.info("payments member %s started", worker.name)
             await worker.run()
@@ -59,17 +46,3 @@ async def run_payments(settings: Settings) -> int:
             await asyncio.wait_for(engine.dispose(), settings.database.connect_timeout_s)
     log.info("payments %s stopped: %s", worker.name, worker.stats)
     return 0
-
-
-async def _start_with_retries(worker: PaymentsWorker, settings: Settings) -> None:
-    """The broker may still be starting: keep trying instead of crash-looping."""
-    backoff = settings.payments.retry_backoff_initial_s
-    while not worker.stopping:
-        try:
-            await worker.start()
-        except (KafkaError, OSError, TimeoutError) as exc:
-            log.warning("could not join the group yet (%r); retrying in %.1fs", exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, settings.payments.retry_backoff_max_s)
-        else:
-            return

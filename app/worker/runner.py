@@ -14,13 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
-
-from aiokafka.errors import KafkaError
 
 from app.db.engine import create_engine
 from app.gc_tuning import tune_gc_for_throughput
+from app.member_lifecycle import drain_on_signals, start_with_retries
 from app.settings import Settings
 from app.worker.consumer import OrderWorker, stop_quietly
 from app.worker.metrics import worker_metrics
@@ -29,7 +26,6 @@ from app.worker.status_server import StatusServer, StatusServerError, status_app
 
 log = logging.getLogger(__name__)
 
-EXIT_ON_SECOND_SIGNAL = 130
 EXIT_CANNOT_LISTEN = 2
 STATUS_SERVER_STOP_S = 2.0
 
@@ -49,23 +45,16 @@ async def run_worker(settings: Settings) -> int:
             log.error("%s", exc)  # noqa: TRY400 - the cause is in the line
             await engine.dispose()
             return EXIT_CANNOT_LISTEN
-    loop = asyncio.get_running_loop()
-    signals_seen = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen > 1:
-            log.warning("second %s: exiting now", signal.Signals(signum).name)
-            os._exit(EXIT_ON_SECOND_SIGNAL)
-        log.info("%s: finishing the batch in flight, then leaving", signal.Signals(signum).name)
-        worker.request_stop()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    drain_on_signals(worker.request_stop, "finishing the batch in flight")
     sampling: asyncio.Task[None] | None = None
     try:
-        await _start_with_retries(worker, settings)
+        await start_with_retries(
+            worker.start,
+            stopping=lambda: worker.stopping,
+            backoff_initial_s=settings.worker.retry_backoff_initial_s,
+            backoff_max_s=settings.worker.retry_backoff_max_s,
+            after_failure=lambda: _reset(worker),
+        )
         tune_gc_for_throughput()
         sampling = asyncio.create_task(detector.run())
         await worker.run()
@@ -90,17 +79,6 @@ async def run_worker(settings: Settings) -> int:
     return 0
 
 
-async def _start_with_retries(worker: OrderWorker, settings: Settings) -> None:
-    """The broker may still be starting (or restarting): keep trying instead of crash-looping."""
-    backoff = settings.worker.retry_backoff_initial_s
-    while not worker.stopping:
-        try:
-            await worker.start()
-        except (KafkaError, OSError, TimeoutError) as exc:
-            log.warning("could not join the group yet (%r); retrying in %.1fs", exc, backoff)
-            await stop_quietly(worker)
-            worker.reset_clients()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, settings.worker.retry_backoff_max_s)
-        else:
-            return
+async def _reset(worker: OrderWorker) -> None:
+    await stop_quietly(worker)
+    worker.reset_clients()
