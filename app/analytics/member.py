@@ -53,7 +53,7 @@ from app.analytics import window_store
 from app.analytics.batch import CountedBatch, count
 from app.analytics.windows import tally
 from app.db.positions import PartitionSpan
-from app.kafka_security import kafka_client_security
+from app.group_member_options import group_member_options
 from app.settings import Settings
 from app.worker import records
 from app.worker.batch_writer import Scope
@@ -122,9 +122,8 @@ class AnalyticsMember:
 
     def reset_clients(self) -> None:
         """A fresh consumer (an aiokafka client cannot be started again after a failed start)."""
-        kafka, worker = self.settings.kafka, self.settings.worker
+        kafka = self.settings.kafka
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers,
             client_id=f"{kafka.client_id}-analytics-{self.name}",
             group_id=self.group,
             # Static membership (KIP-345) when given: a member restarted under the same id
@@ -134,14 +133,8 @@ class AnalyticsMember:
             # Records of aborted transactions are not orders.
             isolation_level="read_committed",
             max_poll_records=self.settings.analytics.max_records,
-            # Group membership is timed as the worker group's is (WORKER_*).
-            session_timeout_ms=worker.session_timeout_ms,
-            heartbeat_interval_ms=worker.heartbeat_interval_ms,
-            max_poll_interval_ms=worker.max_poll_interval_ms,
-            rebalance_timeout_ms=worker.rebalance_timeout_ms,
-            request_timeout_ms=kafka.request_timeout_ms,
             **self.mode.consumer_options(self.settings),
-            **kafka_client_security(kafka),
+            **group_member_options(self.settings),  # timed as the worker group is (WORKER_*)
         )
         self.positions = FetchPositions(self.consumer)
 

@@ -43,7 +43,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.kafka_security import kafka_client_security
+from app.group_member_options import group_member_options
 from app.payments.audit import AttemptRow, AuditTrail, Outcome
 from app.payments.charges import Charge, ChargeRequest
 from app.payments.events import PaymentEvent
@@ -157,7 +157,6 @@ class PaymentsWorker:
     def _build_consumer(self) -> AIOKafkaConsumer:
         kafka, worker = self.settings.kafka, self.settings.worker
         return AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers,
             client_id=f"{kafka.client_id}-payments-{self.name}",
             group_id=self._group,
             enable_auto_commit=False,
@@ -165,13 +164,8 @@ class PaymentsWorker:
             auto_offset_reset="earliest",
             # Only committed orders; and the offsets our own transactions committed are stable.
             isolation_level="read_committed",
-            session_timeout_ms=worker.session_timeout_ms,
-            heartbeat_interval_ms=worker.heartbeat_interval_ms,
-            max_poll_interval_ms=worker.max_poll_interval_ms,
-            rebalance_timeout_ms=worker.rebalance_timeout_ms,
             max_poll_records=worker.max_records,
-            request_timeout_ms=kafka.request_timeout_ms,
-            **kafka_client_security(kafka),
+            **group_member_options(self.settings),
         )
 
     # --- lifecycle -------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import tracing
 from app.db.positions import read_positions
-from app.kafka_security import kafka_client_security
+from app.group_member_options import group_member_options
 from app.settings import Settings
 from app.worker import faults, records
 from app.worker.batch_writer import BatchOutcome, BatchWriter, Scope
@@ -133,7 +133,6 @@ class OrderWorker:
     def _build_consumer(self) -> AIOKafkaConsumer:
         kafka, worker = self.settings.kafka, self.settings.worker
         return AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers,
             client_id=f"{kafka.client_id}-worker-{self.name}",
             group_id=worker.group_id,
             enable_auto_commit=False,
@@ -142,13 +141,8 @@ class OrderWorker:
             auto_offset_reset="none",
             # Never see records of aborted transactions (tools or future producers may use them).
             isolation_level="read_committed",
-            session_timeout_ms=worker.session_timeout_ms,
-            heartbeat_interval_ms=worker.heartbeat_interval_ms,
-            max_poll_interval_ms=worker.max_poll_interval_ms,
-            rebalance_timeout_ms=worker.rebalance_timeout_ms,
             max_poll_records=worker.max_records,
-            request_timeout_ms=kafka.request_timeout_ms,
-            **kafka_client_security(kafka),
+            **group_member_options(self.settings),
         )
 
     # --- lifecycle -------------------------------------------------------------------------

@@ -276,30 +276,60 @@ async def check_exactly_once(
     return {"books": books, "events": len(events), "audit_started": started}
 
 
-async def test_exactly_once_ledger_under_a_kill_9_loop_through_a_flaky_gateway(
-    endpoints: Endpoints, database_url: str, engine: AsyncEngine, tmp_path: Path
-) -> None:
-    with gateway_process(tmp_path, latency_ms=20, error_rate=0.2, timeout_rate=0.05) as url:
+async def ledger_under_a_kill_loop(
+    endpoints: Endpoints,
+    database_url: str,
+    engine: AsyncEngine,
+    tmp_path: Path,
+    *,
+    latency_ms: int,
+    orders: int,
+    customers: int,
+    loop_s: float,
+    seed: int,
+    drain_s: float,
+) -> tuple[int, dict[str, Any]]:
+    """Two `orders payments` members killed -9 in turn for `loop_s` through a gateway failing
+    20% of calls and leaving 5% unanswered after charging; then drained, stopped, and checked
+    (check_exactly_once). The kills and the check's result."""
+    with gateway_process(tmp_path, latency_ms=latency_ms, error_rate=0.2, timeout_rate=0.05) as url:
         settings = payments_settings(endpoints, database_url, url)
         await ensure_topics(settings.kafka, settings.payments.topic)
-        per_customer, request_ids = await place_orders(settings, count=600, customers=60)
+        per_customer, request_ids = await place_orders(settings, count=orders, customers=customers)
         members = [OrdersProcess("payments", settings, tmp_path) for _ in range(2)]
         try:
-            kills = await kill_loop(settings, tmp_path, members, 15, random.Random(14))
-            await wait_until_all_committed(settings, timeout_s=60)
+            kills = await kill_loop(settings, tmp_path, members, loop_s, random.Random(seed))
+            await wait_until_all_committed(settings, timeout_s=drain_s)
             for member in members:
                 assert member.stop() == 0, member.output()[-3000:]
         finally:
             for member in members:
                 if member.alive():
                     member.kill()
-        assert kills >= 3
-        result = await check_exactly_once(settings, engine, url, per_customer, request_ids)
-        books = result["books"]
-        # The faults really happened, and were retried with the same charge key.
-        assert books["injected_errors"] > 0, books
-        assert books["injected_timeouts"] > 0, books
-        assert books["replays"] > 0, books
+        return kills, await check_exactly_once(settings, engine, url, per_customer, request_ids)
+
+
+async def test_exactly_once_ledger_under_a_kill_9_loop_through_a_flaky_gateway(
+    endpoints: Endpoints, database_url: str, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    kills, result = await ledger_under_a_kill_loop(
+        endpoints,
+        database_url,
+        engine,
+        tmp_path,
+        latency_ms=20,
+        orders=600,
+        customers=60,
+        loop_s=15,
+        seed=14,
+        drain_s=60,
+    )
+    assert kills >= 3
+    books = result["books"]
+    # The faults really happened, and were retried with the same charge key.
+    assert books["injected_errors"] > 0, books
+    assert books["injected_timeouts"] > 0, books
+    assert books["replays"] > 0, books
 
 
 async def test_a_zombie_is_fenced_by_its_transactional_id(

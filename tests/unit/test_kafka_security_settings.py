@@ -115,7 +115,7 @@ def test_a_key_that_does_not_fit_names_the_variables(
 
 # Functions whose result carries kafka_client_security(...) (checked below) and may be spread
 # into a client instead.
-SECURED_OPTIONS = {"lab_client_options"}
+SECURED_OPTIONS = {"lab_client_options", "group_member_options"}
 
 
 def test_every_kafka_client_of_the_app_takes_the_security_options() -> None:

@@ -1,0 +1,23 @@
+"""The options every consumer-group member of the project shares (the order workers, analytics,
+payments): where the brokers are, how it authenticates, and the group-membership timings,
+which all groups take from WORKER_* so that one set of numbers describes how members behave."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.kafka_security import kafka_client_security
+from app.settings import Settings
+
+
+def group_member_options(settings: Settings) -> dict[str, Any]:
+    kafka, worker = settings.kafka, settings.worker
+    return {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "session_timeout_ms": worker.session_timeout_ms,
+        "heartbeat_interval_ms": worker.heartbeat_interval_ms,
+        "max_poll_interval_ms": worker.max_poll_interval_ms,
+        "rebalance_timeout_ms": worker.rebalance_timeout_ms,
+        "request_timeout_ms": kafka.request_timeout_ms,
+        **kafka_client_security(kafka),
+    }
