@@ -20,10 +20,10 @@ PROMETHEUS := $(TOOLS_BIN)/prometheus
 -include .env
 export
 
-.PHONY: help deps install up down status migrate run test test-unit test-integration fuzz chaos lint format lab bench-ingress bench-worker bench-payments clean promtool prometheus
+.PHONY: help deps install up down status migrate run test test-unit test-integration fuzz chaos lint format lab bench-ingress bench-worker bench-payments bench-e2e clean promtool prometheus
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 deps: ## install missing system packages (Java, Maven, PostgreSQL, wrk) from Debian
 	@scripts/install-system-deps.sh
@@ -48,8 +48,8 @@ status: ## what is running
 migrate: install up ## apply migrations and create topics (as the operator's Kafka user when secured)
 	@$(PYTHON) scripts/as_principal.py orders-operator $(BIN)/orders migrate
 
-run: install up migrate $(if $(filter 1,$(MONITORING)),prometheus) ## the whole stack in the foreground: API + WORKERS (2) workers + ANALYTICS (1) analytics and PAYMENTS (1) payments members with the gateway (ANALYTICS=0 PAYMENTS=0: the pipeline only; MONITORING=1: + Prometheus); Ctrl-C stops it
-	@$(PYTHON) scripts/run-stack.py --workers $(WORKERS) --analytics $(or $(ANALYTICS),1) --payments $(or $(PAYMENTS),1) $(if $(filter 1,$(MONITORING)),--prometheus $(PROMETHEUS))
+run: install up migrate $(if $(filter 1,$(MONITORING)),prometheus) ## the whole stack in the foreground: API (API_WORKERS processes, 1) + WORKERS (2) workers + ANALYTICS (1) analytics and PAYMENTS (1) payments members with the gateway (ANALYTICS=0 PAYMENTS=0: the pipeline only; MONITORING=1: + Prometheus); Ctrl-C stops it
+	@$(PYTHON) scripts/run-stack.py --workers $(WORKERS) --api-workers $(or $(API_WORKERS),1) --analytics $(or $(ANALYTICS),1) --payments $(or $(PAYMENTS),1) $(if $(filter 1,$(MONITORING)),--prometheus $(PROMETHEUS))
 
 test: install up promtool ## the test suite against the real Kafka and PostgreSQL (all but the long chaos scenarios), and the alert rules' tests
 	$(PROMTOOL) test rules monitoring/prometheus/tests/*.yml
@@ -97,6 +97,9 @@ bench-worker: install up migrate ## worker drain rate vs raw asyncpg and a naive
 
 bench-payments: install up migrate ## payments: key-ordered parallel charges vs partition-at-a-time (50 ms gateway)
 	$(BIN)/python scripts/bench/payments.py
+
+bench-e2e: install up migrate ## HTTP in to PostgreSQL row out: 1x1 to 2x2 (API processes x workers), CPU per order by process
+	$(BIN)/python scripts/bench/e2e.py
 
 promtool: ## build promtool (Prometheus' rule and config checker) from the Go module proxy
 	@scripts/monitoring_tools/build-prometheus-tool.sh promtool $(PROMETHEUS_VERSION) $(TOOLS_BIN)
