@@ -3,7 +3,7 @@
 Processes: `orders api`, `orders worker`, `orders analytics`, `orders payments`,
 `orders migrate`, `orders gateway` (a simulator).
 Operations: `orders lag`, `orders offsets reset|delete`, `orders dlq list|replay`,
-`orders skipped`.
+`orders skipped`, `orders topics grow`.
 The course's experiments: `orders lab semantics|partitioning|groups|offsets|all`.
 Development: `orders token` (a bearer token signed with the local key).
 """
@@ -12,30 +12,57 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from app.errors import ConfigurationError, OrdersError
 from app.lab.cli import add_lab_parser
 from app.log_config import configure_logging
 from app.operations import commands as operations
-from app.settings import Settings, get_settings
+from app.settings import MAX_API_WORKERS, Settings, get_settings
 
 log = logging.getLogger("orders")
 
 
 def _api(settings: Settings, args: argparse.Namespace) -> int:
-    from app.api import create_app
-    from app.api.http_server import serve
+    from app.observability import multiprocess_dir
+    from app.observability.dir_lock import hold_multiprocess_dir
 
-    host = args.host or settings.api.host
-    port = args.port or settings.api.port
-    print(
-        f"orders API on http://{host}:{port}  (OpenAPI docs: http://{host}:{port}/docs)", flush=True
-    )
-    serve(create_app(settings), settings, host, port, access_log=args.access_log)
-    return 0
+    workers = args.workers or settings.api.workers
+    shared = multiprocess_dir() if workers > 1 else None
+    with contextlib.ExitStack() as held:
+        if shared is not None:
+            # The operator's folder for the processes: the import below makes this parent's
+            # metrics as files there (prometheus-client's multiprocess mode), so it must exist
+            # first; then app/api/process_set.py empties it of them, and of an earlier run's,
+            # before they start. Locked before that import: a second parent given the folder of
+            # a running set is refused before it writes anything there.
+            Path(shared).mkdir(parents=True, exist_ok=True)
+            try:
+                held.enter_context(hold_multiprocess_dir(shared))
+            except ConfigurationError as exc:
+                print(f"orders: api: {exc}", file=sys.stderr)
+                return 2
+        from app.api import create_app
+        from app.api.http_server import serve, serve_processes
+
+        host = args.host or settings.api.host
+        port = args.port or settings.api.port
+        print(
+            f"orders API on http://{host}:{port}  (OpenAPI docs: http://{host}:{port}/docs), "
+            f"{workers} process{'es' if workers > 1 else ''}",
+            flush=True,
+        )
+        if workers > 1:
+            serve_processes(settings, host, port, args.access_log, workers)
+            return 0
+        # `--workers 1` under API_WORKERS=N: one process, whatever the environment says.
+        one = settings.model_copy(update={"api": settings.api.model_copy(update={"workers": 1})})
+        serve(create_app(one), one, host, port, access_log=args.access_log)
+        return 0
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -73,9 +100,10 @@ def _gateway(settings: Settings, args: argparse.Namespace) -> int:
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaError
+    from sqlalchemy.exc import SQLAlchemyError
 
     from app.db.migrate import upgrade_database
-    from app.topics import ensure_topics
+    from app.topics import ensure_topics, register_intake
 
     upgrade_database(settings.database)
     log.info("database schema is at the newest revision")
@@ -83,7 +111,9 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     try:
         reports = asyncio.run(ensure_topics(settings.kafka, settings.payments.topic))
-    except (OrdersError, KafkaError) as exc:
+        # The API produces with the partition count registered here (app/api/intake.py).
+        asyncio.run(register_intake(settings, reports))
+    except (OrdersError, KafkaError, SQLAlchemyError, OSError) as exc:
         # A topic we cannot hold to its configs must stop the deployment, not warn.
         print(f"orders: migrate: {exc}", file=sys.stderr)
         return 1
@@ -139,6 +169,14 @@ Exit code: 0 every partition OK or WARNING; 3 one is STALLED or STOPPED;
 1 Kafka or PostgreSQL could not be read. --watch exits 0 on Ctrl-C."""
 
 
+def _api_workers(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= MAX_API_WORKERS:
+        msg = f"must be 1 to {MAX_API_WORKERS}, got {raw}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def _seconds(raw: str) -> float:
     value = float(raw)
     if not 0 < value < float("inf"):
@@ -151,9 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orders", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    api = commands.add_parser("api", help="serve the HTTP API (uvicorn, one process)")
+    api = commands.add_parser(
+        "api", help="serve the HTTP API (uvicorn; --workers N: N processes on one port)"
+    )
     api.add_argument("--host", help="default: API_HOST (127.0.0.1)")
     api.add_argument("--port", type=int, help="default: API_PORT (8000)")
+    api.add_argument(
+        "--workers",
+        type=_api_workers,
+        metavar="N",
+        help="API processes sharing the port, their metrics, rate limits and readiness "
+        "(default: API_WORKERS, 1)",
+    )
     api.add_argument("--access-log", action="store_true", help="log every request")
     api.set_defaults(handler=_api)
 
@@ -275,6 +322,27 @@ def build_parser() -> argparse.ArgumentParser:
     skipped.add_argument("--limit", type=int, default=100, help="ranges shown (default 100)")
     skipped.set_defaults(handler=operations.skipped)
 
+    topics = commands.add_parser("topics", help="the orders topic's partitions")
+    topics_commands = topics.add_subparsers(dest="topics_command", required=True)
+    grow = topics_commands.add_parser(
+        "grow",
+        help="add partitions without breaking any customer's order: intake paused (503), "
+        "workers drained, partitions added, intake resumed (plan, then --execute)",
+    )
+    grow.add_argument(
+        "--partitions", type=int, required=True, metavar="N", help="the new partition count"
+    )
+    grow.add_argument("--execute", action="store_true", help="grow (the plan otherwise)")
+    grow.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=120.0,
+        metavar="S",
+        help="give up (intake resumed, nothing changed) if the API processes and the groups "
+        "have not drained within S (default 120)",
+    )
+    grow.set_defaults(handler=operations.topics_grow)
+
     add_lab_parser(commands)
 
     token = commands.add_parser(
@@ -305,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"orders: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    if args.command in {"lag", "offsets", "dlq", "skipped", "lab"}:
+    if args.command in {"lag", "offsets", "dlq", "skipped", "lab", "topics"}:
         # Operator commands print tables; the client's connection chatter would drown them.
         logging.getLogger("aiokafka").setLevel(logging.WARNING)
     if args.command == "lab":

@@ -26,6 +26,9 @@ BrokerUnavailableReason = Literal[
     "broker_refused",  # the broker answered the batch with an error
     "outcome_unknown",  # a retried batch acknowledged without its offset and append time
     "appended_late",  # appended after the order's acceptance deadline: never processed
+    # the producer sees another partition count than intake was told (app/api/intake.py): a
+    # `kafka-topics --alter` behind the API's back; producing would move customers' partitions
+    "partition_count_changed",
     "unspecified",  # a raise that names none
 ]
 
@@ -38,6 +41,25 @@ class BrokerUnavailableError(OrdersError):
     def __init__(self, message: str, reason: BrokerUnavailableReason = "unspecified") -> None:
         super().__init__(message)
         self.reason: BrokerUnavailableReason = reason
+
+
+# Why the API's intake gate (app/api/intake.py) refuses an order before any work: labels of
+# orders_http_unavailable_total{reason} too.
+IntakeClosedReason = Literal[
+    "intake_paused",  # `orders topics grow` paused intake (or the process is reopening after it)
+    "intake_unknown",  # the intake state was not read for API_INTAKE_STALE_S (or not yet)
+    "partition_count_changed",  # the producer's partition count is not the one registered
+]
+
+
+class IntakeClosedError(OrdersError):
+    """The API takes no orders now; nothing was produced, and retrying later may succeed."""
+
+    retriable = True
+
+    def __init__(self, message: str, reason: IntakeClosedReason) -> None:
+        super().__init__(message)
+        self.reason: IntakeClosedReason = reason
 
 
 class DatabaseUnavailableError(OrdersError):

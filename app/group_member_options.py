@@ -9,6 +9,11 @@ from typing import Any
 from app.kafka_security import kafka_client_security
 from app.settings import Settings
 
+# How often a member asks for the topic's metadata again. A new partition (`orders topics grow`)
+# is assigned only once a member has seen it; aiokafka's default (5 minutes) would leave the
+# orders placed on it waiting that long. One metadata request per member every 30 s.
+METADATA_MAX_AGE_MS = 30_000
+
 
 def group_member_options(settings: Settings) -> dict[str, Any]:
     kafka, worker = settings.kafka, settings.worker
@@ -19,5 +24,6 @@ def group_member_options(settings: Settings) -> dict[str, Any]:
         "max_poll_interval_ms": worker.max_poll_interval_ms,
         "rebalance_timeout_ms": worker.rebalance_timeout_ms,
         "request_timeout_ms": kafka.request_timeout_ms,
+        "metadata_max_age_ms": METADATA_MAX_AGE_MS,
         **kafka_client_security(kafka),
     }

@@ -107,6 +107,8 @@ class OrderPublisher:
         self._broken = asyncio.Event()
         self._connected = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
+        # The partition count intake was told (app/api/intake.py); None: not held to one.
+        self._expected_partitions: int | None = None
 
     async def start(self) -> None:
         """Try to connect now; if the broker is down, keep trying in the background."""
@@ -141,6 +143,28 @@ class OrderPublisher:
         except (TimeoutError, KafkaError):
             return False
 
+    def expect_partitions(self, count: int | None) -> None:
+        """Hold every order to `count` partitions (None: no check): a producer whose metadata
+        shows another count (a `kafka-topics --alter` behind the API's back) refuses the order
+        (503 partition_count_changed) rather than move its customer to another partition."""
+        self._expected_partitions = count
+
+    async def partition_count(self, refresh: bool = False) -> int | None:
+        """The orders topic's partition count in this producer's metadata; None without a
+        producer or before its first metadata of the topic. `refresh` asks the broker first
+        (bounded by the ack deadline; a failed refresh leaves the count it knew)."""
+        producer = self._producer
+        if producer is None or not self.started:
+            return None
+        topic = self._settings.orders_topic
+        if refresh:
+            with contextlib.suppress(TimeoutError, KafkaError):
+                # Tracked from now on (done at once when it is already), then asked again.
+                await asyncio.wait_for(producer.client.add_topic(topic), self._deadline)
+                await asyncio.wait_for(producer.client.force_metadata_update(), self._deadline)
+        known = producer.client.cluster.partitions_for_topic(topic)
+        return len(known) if known else None
+
     async def publish(self, envelope: contract.OrderEnvelope, request_id: str) -> Delivery:
         """Produce one order and wait for acks=all, or raise BrokerUnavailableError in time.
 
@@ -169,9 +193,15 @@ class OrderPublisher:
         value, headers = contract.encode(envelope, request_id, trace_headers)
         key = envelope.key
         known = producer.client.cluster.partitions_for_topic(self._settings.orders_topic)
-        partition = partition_for(
-            key, len(known) if known else await self._fetch_partitions(producer)
-        )
+        count = len(known) if known else await self._fetch_partitions(producer)
+        expected = self._expected_partitions
+        if expected is not None and count != expected:
+            msg = (
+                f"the topic has {count} partitions for this producer, intake was told {expected}: "
+                "producing would move customers to other partitions"
+            )
+            raise BrokerUnavailableError(msg, "partition_count_changed")
+        partition = partition_for(key, count)
         metrics = self._metrics
         appended_at = time.perf_counter()
         try:

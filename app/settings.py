@@ -209,6 +209,10 @@ def _refuse_default_password(url: PostgresDsn) -> None:
             raise ValueError(msg)
 
 
+# `orders api --workers N` and API_WORKERS: at most this many API processes on one host.
+MAX_API_WORKERS = 64
+
+
 class ApiSettings(BaseSettings):
     model_config = _group("API_")
 
@@ -216,6 +220,13 @@ class ApiSettings(BaseSettings):
     # Serve /docs, /redoc and /openapi.json (404 when false).
     docs_enabled: bool = True
     port: int = Field(default=8000, ge=1, le=65535)
+    # API processes sharing the listening socket (`orders api --workers N` overrides it); over
+    # 1, they share metrics, rate limits and readiness through one directory (README: "Several
+    # API processes").
+    workers: int = Field(default=1, ge=1, le=MAX_API_WORKERS)
+    # With several: uvicorn's supervisor kills and replaces a process that does not answer its
+    # ping (every 0.5 s) for this long (its timeout_worker_healthcheck).
+    workers_healthcheck_timeout_s: int = Field(default=5, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     # The acceptance deadline: an order the broker has not appended within this long after the
     # request arrived is refused (503) and never processed, even if it reaches the log later.
@@ -228,7 +239,8 @@ class ApiSettings(BaseSettings):
     # treated as unknown, and purged in the background.
     idempotency_retention_s: float = Field(default=24 * 3600.0, gt=0)
     # Abuse limits at the HTTP edge (app/api/http_server.py, edge_guard.py, rate_limit.py).
-    # Every one is per API process: N processes admit N times as much.
+    # Every one but the rate limits is per API process: N processes admit N times as much (the
+    # rate limits' buckets are shared by the processes of one host).
     # The request head (request line + headers): bigger or more numerous -> 431, then close.
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)
     max_headers: int = Field(default=100, ge=8)
@@ -260,6 +272,12 @@ class ApiSettings(BaseSettings):
     # customer: a shop's backend places all its customers' orders through one token.
     service_rate_limit_per_s: float = Field(default=2000.0, ge=0)
     service_rate_limit_burst: int = Field(default=4000, ge=0)
+    # Intake (app/api/intake.py): each API process reads every INTAKE_POLL_S whether `orders
+    # topics grow` paused intake; one that could not read it for INTAKE_STALE_S refuses orders
+    # (503 intake_unknown), as it could have missed a pause. A shorter PostgreSQL outage does
+    # not stop intake.
+    intake_poll_s: float = Field(default=0.25, gt=0, le=5)
+    intake_stale_s: float = Field(default=60.0, ge=1)
 
 
 def state_dir() -> Path:

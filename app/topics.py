@@ -20,7 +20,7 @@ from aiokafka.protocol.types import Array, Boolean, Int8, Int16, Int32, Schema, 
 
 from app.errors import OrdersError
 from app.kafka_security import kafka_client_security
-from app.settings import KafkaSettings
+from app.settings import KafkaSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ async def ensure_topics(
             elif error is not TopicAlreadyExistsError:
                 msg = f"could not create topic {name}: {error.__name__}: {message}"
                 raise error(msg)
-        described = await admin.describe_topics([topic.name for topic in wanted])
+        described = await _described(admin, [topic.name for topic in wanted])
         reports = []
         for t in described:
             name = t["topic"]
@@ -134,6 +134,48 @@ async def ensure_topics(
                 settings.partitions,
             )
     return reports
+
+
+async def _described(admin: AIOKafkaAdminClient, names: list[str]) -> list[Any]:
+    """The topics' metadata, asked again for a few seconds while one shows no partitions: a
+    broker answers so for a topic created a moment ago, before its metadata has settled."""
+    deadline = asyncio.get_running_loop().time() + DESCRIBE_RETRY_S
+    while True:
+        described: list[Any] = await admin.describe_topics(names)
+        settled = all(t["partitions"] for t in described)
+        if settled or asyncio.get_running_loop().time() >= deadline:
+            return described
+        await asyncio.sleep(0.2)
+
+
+async def register_intake(settings: Settings, reports: list[TopicReport]) -> None:
+    """Record the orders topic's partition count in intake_state: the count every API process
+    holds its producer to (app/api/intake.py). A registered count is never replaced here: one
+    that differs from the topic's (its partitions were added without `orders topics grow`, or a
+    growth did not finish) is refused, naming the command that registers it safely (it pauses
+    intake and drains the workers first; re-registering alone would reopen intake with customers
+    moved and their earlier orders maybe still unstored)."""
+    from app.db import intake
+    from app.db.engine import create_engine
+
+    topic = settings.kafka.orders_topic
+    [orders] = [report for report in reports if report.name == topic]
+    engine = create_engine(settings.database)
+    try:
+        async with engine.begin() as connection:
+            state = await intake.register_topic(connection, topic, orders.partitions)
+    finally:
+        await engine.dispose()
+    if state.partitions != orders.partitions:
+        msg = (
+            f"topic {topic} has {orders.partitions} partitions but intake_state registers "
+            f"{state.partitions}, and the API refuses orders until they agree. Run `orders topics "
+            f"grow --partitions {orders.partitions} --execute`: it pauses intake, waits until the "
+            f"workers have stored everything, and registers {orders.partitions} (README, "
+            "'Growing the orders topic')"
+        )
+        raise OrdersError(msg)
+    log.info("topic %s: intake registered with %d partitions", topic, orders.partitions)
 
 
 async def enforce_topic_configs(

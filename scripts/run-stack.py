@@ -102,6 +102,12 @@ def member_lines(args: argparse.Namespace, gateway_url: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--api-workers",
+        type=int,
+        default=int(os.environ.get("API_WORKERS") or 1),
+        help="API processes on the API's port (`orders api --workers N`; default API_WORKERS, 1)",
+    )
     parser.add_argument("--analytics", type=int, default=1, help="`orders analytics` members")
     parser.add_argument(
         "--payments", type=int, default=1, help="`orders payments` members (0: no gateway either)"
@@ -122,7 +128,8 @@ def main() -> int:
     # Each process as its own Kafka user when the local broker is secured (scripts/as_principal.py).
     api_env = principal_environment("orders-api")
     worker_env = principal_environment("orders-worker")
-    processes = [subprocess.Popen([ORDERS, "api"], env=api_env, start_new_session=True)]
+    api_command = [ORDERS, "api", "--workers", str(args.api_workers)]
+    processes = [subprocess.Popen(api_command, env=api_env, start_new_session=True)]
     # Each worker its own metrics port (WORKER_METRICS_PORT + i): one host, one port each.
     base_port = int(os.environ.get("WORKER_METRICS_PORT", "9100"))
     ports = local_prometheus.worker_ports(args.workers, base_port)
@@ -175,7 +182,8 @@ def main() -> int:
             "/api/v1/targets, /api/v1/query)\n"
         )
     print(
-        f"\n  API:  http://{host}:{port}\n  docs: http://{host}:{port}/docs\n{monitoring}"
+        f"\n  API:  http://{host}:{port} ({args.api_workers} process"
+        f"{'es' if args.api_workers > 1 else ''})\n  docs: http://{host}:{port}/docs\n{monitoring}"
         f"  {args.workers} workers in group {os.environ.get('WORKER_GROUP_ID', 'order-workers')}\n"
         f"{member_lines(args, gateway_url)}"
         "  Ctrl-C stops everything (Kafka and PostgreSQL keep running: `make down`)\n"

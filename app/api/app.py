@@ -9,13 +9,15 @@ from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 
 from app import tracing
-from app.api import analytics, customers, health, metrics, orders
+from app.api import analytics, customers, health, metrics, orders, readiness_board
 from app.api.authn import Authenticator, document_bearer_scheme
 from app.api.deps import Resources
 from app.api.edge_guard import InFlightCap
 from app.api.guard import RequestGuard
 from app.api.idempotency import IdempotencyKeys
+from app.api.intake import IntakeGate
 from app.api.problems import install_problem_handlers
+from app.api.process_set import shared_dir
 from app.api.rate_limit import RateLimiter
 from app.api.request_metrics import RequestMetrics
 from app.db.engine import create_engine
@@ -36,6 +38,8 @@ def create_app(
     if measured:
         exposition.check_multiprocess_mode()
     count_unavailable = metrics.count_unavailable if measured else None
+    # One of several API processes (`orders api --workers N`): what they share, or None.
+    shared = shared_dir(settings.api)
     tracer_provider = tracer_provider or tracing.from_environment(tracing.API_SERVICE)
 
     @asynccontextmanager
@@ -57,10 +61,21 @@ def create_app(
             )
             await publisher.start()
             stack.push_async_callback(publisher.stop)
+            # Whether POST /orders is open (`orders topics grow` pauses it): read before serving.
+            intake = IntakeGate.from_settings(
+                settings, engine, publisher, metrics.intake_open if measured else None
+            )
+            await intake.start()
+            stack.push_async_callback(intake.stop)
+            app.state.intake = intake
             keys = IdempotencyKeys.from_settings(settings)
             await keys.start()
             stack.push_async_callback(keys.stop)
             app.state.resources = Resources(settings, engine, publisher, keys, authenticator)
+            if shared is not None:  # /readyz answers for the set (stops before the resources)
+                await stack.enter_async_context(
+                    readiness_board.reporting(app.state, app.state.resources, shared)
+                )
             tune_gc_for_throughput()
             yield
 
@@ -87,7 +102,7 @@ def create_app(
     )
     if measured:  # outermost of all: the refusals of the middlewares inside are counted too
         app.add_middleware(RequestMetrics)
-    app.state.rate_limiter = RateLimiter.from_settings(settings.api)
+    app.state.rate_limiter = RateLimiter.from_settings(settings.api, shared)
     # Starlette would answer `/orders/` with a redirect to an absolute URL built from the
     # request's Host header; an unknown path is a 404 instead.
     app.router.redirect_slashes = False

@@ -9,6 +9,10 @@ database connection and a Kafka metadata round trip (~60 ms). So the probes shar
 concurrent probes wait for the one under way (single flight), and its result answers every probe
 for READY_CACHE_S after it. However many probe, the dependencies see at most one check a second
 per API process, and one pooled connection.
+
+Several API processes (`orders api --workers N`) answer for the set: each checks in the
+background and reports, and /readyz is ready only if every live process is
+(app/api/readiness_board.py sets `state.readiness` to a SetReadiness in the lifespan).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import text
@@ -63,10 +68,15 @@ class Readiness:
         return ready
 
 
-def readiness_of(request: Request) -> Readiness:
-    """The app's Readiness, made on the first probe (no await: no two are made)."""
+class Probe(Protocol):
+    async def ready(self, resources: Resources) -> bool: ...
+
+
+def readiness_of(request: Request) -> Probe:
+    """The app's Readiness, made on the first probe (no await: no two are made), or the
+    set's, made by the lifespan."""
     state = request.app.state
-    readiness: Readiness | None = getattr(state, "readiness", None)
+    readiness: Probe | None = getattr(state, "readiness", None)
     if readiness is None:
         readiness = state.readiness = Readiness()
     return readiness

@@ -27,7 +27,7 @@ from prometheus_client import (
 )
 
 from app.api.edge_limits import EDGE_REFUSALS
-from app.errors import BrokerUnavailableReason
+from app.errors import BrokerUnavailableReason, IntakeClosedReason
 from app.observability import multiprocess_dir, render
 from app.observability.lean import (
     LeanCounter,
@@ -43,16 +43,22 @@ RECORDS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 UNMATCHED = "unmatched"
 
 # The 503s the app answers, by reason: the producer's (app.errors.BrokerUnavailableReason), the
-# in-flight cap's, and the two other dependencies a request may wait on. /readyz's 503 is a
-# probe's answer, not a refusal, and is not counted here.
+# in-flight cap's, the two other dependencies a request may wait on, and the intake gate's
+# (app.errors.IntakeClosedReason; partition_count_changed is both the gate's and the producer's).
+# /readyz's 503 is a probe's answer, not a refusal, and is not counted here.
 OVERLOADED = "overloaded"
 DATABASE_UNAVAILABLE = "database_unavailable"
 TOKEN_KEYS_UNAVAILABLE = "token_keys_unavailable"
-UNAVAILABLE_REASONS = (
-    *get_args(BrokerUnavailableReason),
-    OVERLOADED,
-    DATABASE_UNAVAILABLE,
-    TOKEN_KEYS_UNAVAILABLE,
+UNAVAILABLE_REASONS = tuple(
+    dict.fromkeys(
+        (
+            *get_args(BrokerUnavailableReason),
+            OVERLOADED,
+            DATABASE_UNAVAILABLE,
+            TOKEN_KEYS_UNAVAILABLE,
+            *get_args(IntakeClosedReason),
+        )
+    )
 )
 
 # No `<name>_created` series beside each counter and histogram child (the client's default in
@@ -123,6 +129,14 @@ PRODUCER_CONNECTED = Gauge(
     "1 while the producer is connected (all API processes: how many have one)",
     multiprocess_mode="livesum",
 )
+# 0 until the process has read the intake state (app/api/intake.py); "livemin": with several
+# processes, 0 as long as one of them refuses orders.
+INTAKE_OPEN = Gauge(
+    "orders_intake_open",
+    "1 while POST /orders is open; 0 while intake is paused, unknown or refused "
+    "(all API processes: 0 if any is closed)",
+    multiprocess_mode="livemin",
+)
 
 # Children of the fixed sets made now, so that each series exists (at 0) before its first event:
 # rate() and increase() over a series that appears with its first increment miss that increment.
@@ -134,6 +148,11 @@ PRODUCER_ERRORS.labels("TimeoutError")
 def count_unavailable(reason: str) -> None:
     """One 503 answered for `reason` (one of UNAVAILABLE_REASONS)."""
     _UNAVAILABLE[reason].inc()
+
+
+def intake_open(open_: bool) -> None:
+    """The intake gate opened (True) or closed (False)."""
+    INTAKE_OPEN.set(1 if open_ else 0)
 
 
 def count_edge_refusal(reason: str) -> None:

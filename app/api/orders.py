@@ -21,6 +21,7 @@ from app import contract
 from app.api.authn import BearerRoute, bearer, principal_of
 from app.api.deps import ConnectionDep, PrincipalDep, idempotency_keys_of, publisher_of
 from app.api.idempotency_rules import client_scope, fingerprint
+from app.api.intake import intake_of
 from app.api.problems import problem_responses
 from app.api.schemas import AcceptedOrder, OrderRequest, StoredOrder, ValidatedOrder
 from app.auth import READ, WRITE, OtherCustomerError
@@ -108,6 +109,13 @@ async def accept_order(order: OrderRequest, request: Request) -> Response:
 
     Needs `orders:write`; a customer's token may place orders for its own customer only (403).
     """
+    # Before any work: 503 while intake is paused or unknown (app/api/intake.py), and counted
+    # until answered, so that a pause waits for every order let in.
+    with intake_of(request):
+        return await _accept(order, request)
+
+
+async def _accept(order: OrderRequest, request: Request) -> Response:
     principal = principal_of(request)
     if not principal.acts_for(order.customer_id):
         raise OtherCustomerError

@@ -27,6 +27,7 @@ from app.errors import (
     DatabaseUnavailableError,
     IdempotencyKeyInFlightError,
     IdempotencyKeyReusedError,
+    IntakeClosedError,
 )
 
 PROBLEM_JSON = "application/problem+json"
@@ -72,8 +73,8 @@ def problem_responses(
         429: "Rate limit reached (per client, per API process; a customer's token has a lower "
         "limit than a service's); retry after Retry-After seconds. RateLimit-Policy and "
         "RateLimit tell the quota",
-        503: "Not accepted: a dependency did not answer in time. Retry after Retry-After seconds, "
-        "with the same Idempotency-Key",
+        503: "Not accepted: a dependency did not answer in time, or intake is paused (the orders "
+        "topic is being grown). Retry after Retry-After seconds, with the same Idempotency-Key",
     }
     if idempotency_key:
         described[422] += (
@@ -157,6 +158,12 @@ def install_problem_handlers(
         detail = f"{exc}. The order was not accepted; retry with the same Idempotency-Key."
         return problem(503, "Order not accepted", detail, headers=retry_after)
 
+    async def on_intake_closed(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, IntakeClosedError)
+        count(exc.reason)
+        detail = f"{exc}. The order was not accepted; retry with the same Idempotency-Key."
+        return problem(503, "Intake closed", detail, headers=retry_after)
+
     async def on_database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         count(DATABASE_UNAVAILABLE)
         return problem(503, "Database unavailable", str(exc), headers=retry_after)
@@ -193,6 +200,7 @@ def install_problem_handlers(
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
     app.add_exception_handler(BrokerUnavailableError, on_broker_unavailable)
+    app.add_exception_handler(IntakeClosedError, on_intake_closed)
     app.add_exception_handler(DatabaseUnavailableError, on_database_unavailable)
     app.add_exception_handler(IdempotencyKeyInFlightError, on_key_in_flight)
     app.add_exception_handler(IdempotencyKeyReusedError, on_key_reused)

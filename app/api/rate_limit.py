@@ -1,12 +1,15 @@
-"""Per-client rate limits: one token bucket per client, per API process.
+"""Per-client rate limits: one token bucket per client, shared by the API processes of a host.
 
 Two policies: a customer's token (one that carries a customer_id) acts for one customer, and
 gets API_RATE_LIMIT_PER_S / API_RATE_LIMIT_BURST; a service's or an operator's token (no
 customer) places orders for every customer, and gets the far larger API_SERVICE_RATE_LIMIT_PER_S
 / API_SERVICE_RATE_LIMIT_BURST, so a shop's backend is not throttled at one customer's rate.
 
-The limit is per process: N API processes behind a balancer let a client through N times the
-configured rate. No lock: each process runs one event loop, and `admit` never awaits.
+One API process keeps its buckets in memory (RateLimiter: the cheapest); several on one host
+(`orders api --workers N`) share them in a memory-mapped table (SharedRateLimiter,
+app/api/shared_buckets.py), so N processes still let a client through at the configured rate.
+The limit is per host: hosts behind a balancer each have their own buckets. No lock in memory:
+each process runs one event loop, and `admit` never awaits.
 
 Refusals carry the IETF RateLimit fields as in draft-ietf-httpapi-ratelimit-headers-10 (the
 structured-field syntax unchanged since -08): `RateLimit-Policy: "<policy>";q=<burst>;w=<seconds
@@ -21,9 +24,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from starlette.requests import Request
 
+from app.api.shared_buckets import BucketTable
 from app.auth import Principal
 from app.errors import OrdersError
 from app.settings import ApiSettings
@@ -77,8 +82,11 @@ class RateLimiter:
         self.policy = f'"{policy}";q={burst};w={window}'
 
     @classmethod
-    def from_settings(cls, api: ApiSettings) -> RateLimiter:
-        """Customers' tokens' limiter, holding the services' one."""
+    def from_settings(cls, api: ApiSettings, shared: Path | None = None) -> RateLimiter:
+        """Customers' tokens' limiter, holding the services' one: in this process's memory, or
+        in the tables of the directory `shared` by the API processes (`create_tables`)."""
+        if shared is not None:
+            return SharedRateLimiter.in_directory(api, shared)
         services = cls(
             api.service_rate_limit_per_s, api.service_rate_limit_burst, policy=SERVICE_POLICY
         )
@@ -127,6 +135,58 @@ class RateLimiter:
             # dicts keep insertion order: the first ones are the clients first seen longest ago.
             for client in list(self.buckets)[:excess]:
                 del self.buckets[client]
+
+
+class SharedRateLimiter(RateLimiter):
+    """The same buckets and answers, kept in a table every API process of the host maps."""
+
+    def __init__(
+        self,
+        table_path: Path,
+        rate_per_s: float,
+        burst: int,
+        *,
+        policy: str = POLICY,
+        services: RateLimiter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(rate_per_s, burst, policy=policy, services=services, clock=clock)
+        self.table = (
+            BucketTable(table_path, rate_per_s, burst, clock=clock) if self.enabled else None
+        )
+
+    @classmethod
+    def in_directory(cls, api: ApiSettings, directory: Path) -> SharedRateLimiter:
+        services = cls(
+            table_file(directory, SERVICE_POLICY),
+            api.service_rate_limit_per_s,
+            api.service_rate_limit_burst,
+            policy=SERVICE_POLICY,
+        )
+        return cls(
+            table_file(directory, POLICY),
+            api.rate_limit_per_s,
+            api.rate_limit_burst,
+            services=services,
+        )
+
+    def take(self, client: str) -> None:
+        if self.table is None:
+            return
+        tokens = self.table.spend(client)
+        if tokens is not None:
+            raise self._refusal(tokens)
+
+
+def table_file(directory: Path, policy: str) -> Path:
+    """Where a policy's shared buckets are (not `*.db`: those are prometheus-client's)."""
+    return directory / f"rate-limit-{policy}.buckets"
+
+
+def create_tables(directory: Path) -> None:
+    """Make both policies' tables, empty: once, before any API process starts."""
+    for policy in (POLICY, SERVICE_POLICY):
+        BucketTable.create(table_file(directory, policy))
 
 
 def admit(request: Request, principal: Principal) -> None:

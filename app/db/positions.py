@@ -2,8 +2,8 @@
 
 PostgreSQL, not Kafka, is the source of truth for the worker group's offsets. The worker claims
 and moves positions inside its batch transaction (app.worker.order_store); the operator commands
-read them (`orders lag`), set them (`orders offsets reset`) and delete a group's (`orders offsets
-delete`). All of it lives here.
+read them (`orders lag`), set them (`orders offsets reset`), delete a group's (`orders offsets
+delete`) and create those of new partitions (`orders topics grow`). All of it lives here.
 """
 
 from __future__ import annotations
@@ -142,6 +142,23 @@ async def claim_partitions(
     )
     locked = await connection.execute(_LOCK_POSITIONS, {**scope, "partitions": partitions})
     return {row.partition: row.next_offset for row in locked}
+
+
+async def create_positions(
+    connection: AsyncConnection, *, group_id: str, topic: str, partitions: Sequence[int], owner: str
+) -> None:
+    """Store position 0 for partitions that have none (the new partitions of a grown topic:
+    `orders topics grow`); a position already stored is left as it is."""
+    await connection.execute(
+        _INIT_POSITIONS,
+        {
+            "group_id": group_id,
+            "topic": topic,
+            "owner": owner,
+            "partitions": sorted(partitions),
+            "starts": [0] * len(partitions),
+        },
+    )
 
 
 async def advance_positions(

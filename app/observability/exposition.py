@@ -15,7 +15,7 @@ API process, the worker, the tests), the default in-memory registry, which is ch
 in-process, 1.4 against 8.5 us per accepted order) and also carries the process_* and python_*
 metrics (multiprocess mode has none).
 
-What `orders api --workers N` must do (app/cli.py), in the parent, before the workers start:
+What `orders api --workers N` does (app/api/process_set.py), in the parent, before any worker:
 - `prepare_multiprocess_dir(path)`: create it and empty it, because files left by an earlier run
   (or dead processes) would be added in;
 - set os.environ[MULTIPROCESS_DIR] = path, so that each process has it BEFORE it imports
@@ -96,11 +96,12 @@ def _forget_dead_processes(directory: str) -> None:
     """mark_process_dead for the processes that died without saying so (killed, crashed)."""
     for name in os.listdir(directory):
         found = _LIVE_GAUGE_FILE.match(name)
-        if found is not None and not _alive(int(found.group(1))):
+        if found is not None and not process_alive(int(found.group(1))):
             multiprocess.mark_process_dead(int(found.group(1)), directory)  # type: ignore[no-untyped-call]
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists (a zombie not yet reaped counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

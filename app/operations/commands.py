@@ -1,5 +1,5 @@
 """Handlers of the operator subcommands: `orders lag`, `orders offsets reset|delete`,
-`orders dlq`, `orders skipped`.
+`orders dlq`, `orders skipped`, `orders topics grow`.
 
 Each prints what it found. What goes wrong on the way (Kafka or PostgreSQL away or refusing, a
 record that cannot be replayed) is one `orders: ...` line on stderr and exit code 1, never a
@@ -259,7 +259,8 @@ async def _replay_dead_letter(settings: Settings, offset: int, execute: bool) ->
         print(f"would send dead letter {offset} (from {letter.origin}) back to {orders}")
         print("plan only: add --execute to send it")
         return 0
-    partition, new_offset = await replay_dead_letter(settings.kafka, offset)
+    async with _engine(settings) as engine:
+        partition, new_offset = await replay_dead_letter(settings.kafka, engine, offset)
     print(f"replayed dead letter {offset} to {orders} partition {partition} offset {new_offset}")
     return 0
 
@@ -316,3 +317,37 @@ def skipped(settings: Settings, args: argparse.Namespace) -> int:
         return 0
 
     return _run(settings, show())
+
+
+def _print_now(line: str) -> None:
+    print(line, flush=True)  # a step as it ends, also when stdout is a pipe
+
+
+def topics_grow(settings: Settings, args: argparse.Namespace) -> int:
+    """The plan (exit 0), or with --execute the growth (0 grown; 1 not: the message says how
+    intake was left). Exit 2 when the count asked for makes no sense."""
+    from app.operations.growth_plan import GrowthRefusedError, plan_growth
+    from app.operations.topic_growth import execute_growth
+
+    async def grow() -> int:
+        async with _engine(settings) as engine:
+            try:
+                plan = await plan_growth(settings, engine, args.partitions)
+            except GrowthRefusedError as exc:
+                print(f"orders: {exc}", file=sys.stderr)
+                return 2
+            for line in plan.lines(settings.api.intake_poll_s, args.timeout):
+                print(line)
+            if not args.execute:
+                print("plan only: add --execute to grow (POST /orders answers 503 meanwhile)")
+                return 0
+            result = await execute_growth(
+                settings, engine, plan, timeout_s=args.timeout, say=_print_now
+            )
+        print(
+            f"grown: {plan.topic} has {result.partitions} partitions; intake paused for "
+            f"{result.pause_s:.2f} s"
+        )
+        return 0
+
+    return _run(settings, grow())

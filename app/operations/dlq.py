@@ -7,6 +7,11 @@ its own headers, plus its first append time and `dlq.replayed.from` (app.operati
 then processed like any other record: stored if it now parses (and was appended in time on its
 first journey), set aside again if not.
 
+A replay goes through the intake gate like an order (app/api/intake.py): refused while intake is
+paused (`orders topics grow`) or registers another partition count than the topic's, and sent
+to partition murmur2(key) over the registered count, the API's choice. The intake row is read
+FOR SHARE in a transaction around the send, so a pause waits until the record is appended.
+
 Every Kafka wait here is bounded (app.operations.kafka_clients): with the broker away, or the
 dead-letter topic truncated by retention, a command says so instead of waiting.
 """
@@ -19,9 +24,11 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, TopicPartition
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import dlq_headers as dlq
+from app.batching import partition_for
+from app.db import intake
 from app.db.quarantine import (
     QuarantinedRecord,
     StoredQuarantine,
@@ -43,6 +50,9 @@ REPLAYED_FROM = dlq.H_REPLAYED_FROM
 # `dlq.replayed.from` of a quarantined record's replay (a dead letter's is its DLQ offset).
 QUARANTINE_SOURCE = "quarantined_records:"
 FETCH_WAIT_MS = 500
+# A replay's PostgreSQL statements and lock waits (a row locked by a grow's pause, a replay of
+# the same quarantined record) fail past this.
+DB_TIMEOUT_S = 10.0
 
 
 class ReplayRefusedError(OrdersError):
@@ -141,7 +151,9 @@ async def _read(
     return letters[:limit]
 
 
-async def replay_dead_letter(settings: KafkaSettings, offset: int) -> tuple[int, int]:
+async def replay_dead_letter(
+    settings: KafkaSettings, engine: AsyncEngine, offset: int
+) -> tuple[int, int]:
     """Produce the dead letter at `offset` to the orders topic again; its new partition/offset."""
     letter = await find_dead_letter(settings, offset)
     appended = provenance.dead_letter_first_append(letter.raw_headers)
@@ -152,7 +164,9 @@ async def replay_dead_letter(settings: KafkaSettings, offset: int) -> tuple[int,
     headers = provenance.replay_headers(original, appended, str(offset))
     producer = await _started_producer(settings)
     try:
-        return await _send(settings, producer, letter.key, letter.value, headers)
+        async with engine.begin() as connection:
+            await intake.bound_statements(connection, DB_TIMEOUT_S)
+            return await _send(settings, connection, producer, letter.key, letter.value, headers)
     finally:
         await close_producer(producer, settings.request_timeout_ms / 1000)
 
@@ -222,6 +236,7 @@ async def replay_quarantined(
     producer = await _started_producer(settings)
     try:
         async with engine.begin() as connection:
+            await intake.bound_statements(connection, DB_TIMEOUT_S)
             stored = await find_quarantined(connection, record_id, lock=True)
             record = replayable(settings, record_id, stored)
             appended = provenance.first_append(
@@ -229,7 +244,7 @@ async def replay_quarantined(
             )
             replayed_from = f"{QUARANTINE_SOURCE}{record_id}"
             headers = provenance.replay_headers(record.headers, appended, replayed_from)
-            sent = await _send(settings, producer, record.key, record.value, headers)
+            sent = await _send(settings, connection, producer, record.key, record.value, headers)
             await mark_replayed(connection, record_id)
     finally:
         await close_producer(producer, settings.request_timeout_ms / 1000)
@@ -246,13 +261,45 @@ async def _started_producer(settings: KafkaSettings) -> AIOKafkaProducer:
     return producer
 
 
+async def _partition(
+    settings: KafkaSettings, connection: AsyncConnection, producer: AIOKafkaProducer, key: bytes
+) -> int:
+    """The partition the API would choose for `key` now; ReplayRefusedError while intake is
+    closed to it. The intake row stays share-locked until the caller's transaction ends."""
+    topic = settings.orders_topic
+    state = await intake.read_state(connection, topic, for_share=True)
+    found = await bounded(settings, f"reading {topic}'s partitions", producer.partitions_for(topic))
+    count = len(found)
+    if state is None:  # never registered (`orders migrate` does): the count the topic has
+        return partition_for(key, count)
+    if state.paused:
+        msg = (
+            f"intake of {topic} is paused ({state.reason or 'orders topics grow'}): a record "
+            "sent now could break its customer's order; replay it once intake has resumed"
+        )
+        raise ReplayRefusedError(msg)
+    if state.partitions != count:
+        msg = (
+            f"{topic} has {count} partitions but intake registers {state.partitions} (the API "
+            f"refuses orders): run `orders topics grow --partitions {count} --execute` first"
+        )
+        raise ReplayRefusedError(msg)
+    return partition_for(key, state.partitions)
+
+
 async def _send(
     settings: KafkaSettings,
+    connection: AsyncConnection,
     producer: AIOKafkaProducer,
     key: bytes | None,
     value: bytes | None,
     headers: Sequence[provenance.Header],
 ) -> tuple[int, int]:
-    sending = producer.send_and_wait(settings.orders_topic, value, key=key, headers=list(headers))
+    """Send to the orders topic through the intake gate (the module docstring)."""
+    assert key is not None  # find_dead_letter and replayable refuse a record without one
+    partition = await _partition(settings, connection, producer, key)
+    sending = producer.send_and_wait(
+        settings.orders_topic, value, key=key, partition=partition, headers=list(headers)
+    )
     sent = await bounded(settings, f"sending to {settings.orders_topic}", sending)
     return sent.partition, sent.offset

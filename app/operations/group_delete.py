@@ -83,7 +83,7 @@ def judge_delete(error_code: int) -> Verdict:
     return Verdict.RETRY if error.retriable else Verdict.FAILED
 
 
-async def _with_coordinator(
+async def with_coordinator(
     admin: AIOKafkaAdminClient, group: str, ask: Callable[[int], Awaitable[T]]
 ) -> T:
     """`ask` the group's coordinator; a retriable Kafka error (coordinator loading, moved, or
@@ -126,7 +126,7 @@ async def plan_delete(settings: Settings, engine: AsyncEngine, group: str) -> Gr
             committed = {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
             return GroupPlan(group, stored, committed, members, state)
 
-        return await bounded(kafka, f"reading group {group}", _with_coordinator(admin, group, read))
+        return await bounded(kafka, f"reading group {group}", with_coordinator(admin, group, read))
 
 
 async def delete_kafka_group(admin: AIOKafkaAdminClient, group: str) -> bool:
@@ -150,7 +150,7 @@ async def delete_kafka_group(admin: AIOKafkaAdminClient, group: str) -> bool:
             raise for_code(result["error_code"])(group)
         return verdict is Verdict.DELETED
 
-    return await _with_coordinator(admin, group, delete)
+    return await with_coordinator(admin, group, delete)
 
 
 async def delete_group(settings: Settings, engine: AsyncEngine, group: str) -> Deleted:
@@ -161,7 +161,7 @@ async def delete_group(settings: Settings, engine: AsyncEngine, group: str) -> D
         members, _ = await bounded(
             kafka,
             f"describing group {group}",
-            _with_coordinator(admin, group, lambda c: _members_and_state(admin, group, c)),
+            with_coordinator(admin, group, lambda c: _members_and_state(admin, group, c)),
         )
         if members:
             msg = (

@@ -94,13 +94,17 @@ allow orders-payments --prefixed --transactional-id "$payments_group-" \
 #   orders offsets reset   the group's members, commit its offsets (READ on group and topic)
 #   orders dlq list        read the DLQ
 #   orders dlq replay      produce to orders
+#   orders offsets delete  delete the group (DELETE on it)
+#   orders topics grow     add partitions to orders (ALTER on it), read the other groups that
+#                          consume it (DESCRIBE on the analytics and payments groups)
 allow orders-operator --topic "$orders" --topic "$dlq" \
     --operation Create --operation DescribeConfigs --operation AlterConfigs \
     --operation Read --operation Describe
-allow orders-operator --topic "$orders" --operation Write
+allow orders-operator --topic "$orders" --operation Write --operation Alter
 allow orders-operator --topic "$payments" \
     --operation Create --operation DescribeConfigs --operation AlterConfigs --operation Describe
-allow orders-operator --group "$group" --operation Read --operation Describe
+allow orders-operator --group "$group" --operation Read --operation Describe --operation Delete
+allow orders-operator --group "$analytics_group" --group "$payments_group" --operation Describe
 
 # Each AclCommand is a JVM start of a few seconds: they run side by side.
 failed=0

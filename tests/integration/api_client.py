@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from app.api import create_app
+from app.api.intake import IntakeGate
 from app.auth import SCOPES, Principal, local_token
 from app.publisher import OrderPublisher
 from app.settings import Settings
@@ -70,6 +71,14 @@ def publisher_behind(client: httpx.AsyncClient) -> OrderPublisher:
     assert isinstance(transport, httpx.ASGITransport)
     publisher: OrderPublisher = transport.app.state.resources.publisher  # type: ignore[attr-defined]
     return publisher
+
+
+def intake_behind(client: httpx.AsyncClient) -> IntakeGate:
+    """The running app's intake gate (app/api/intake.py)."""
+    transport = client._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    gate: IntakeGate = transport.app.state.intake  # type: ignore[attr-defined]
+    return gate
 
 
 def order_body(customer_id: str, n: int = 1, **overrides: Any) -> dict[str, Any]:

@@ -102,13 +102,19 @@ async def _until_ready(stack: LiveStack, partitions: int, timeout: float) -> Non
 
 @asynccontextmanager
 async def live_stack(
-    settings: Settings, log_dir: Path, workers: int = 2, timeout: float = 60.0
+    settings: Settings,
+    log_dir: Path,
+    workers: int = 2,
+    timeout: float = 60.0,
+    worker_env: dict[str, str] | None = None,
 ) -> AsyncIterator[LiveStack]:
-    """Start the API and `workers` workers; yield once the API is ready and the group settled.
-    Stops them all on the way out (their exit codes in `exit_codes`)."""
+    """Start the API and `workers` workers (with `worker_env` besides the settings: a fault
+    point's variables); yield once the API is ready and the group settled. Stops them all on
+    the way out (their exit codes in `exit_codes`)."""
     port = free_port()
     api = OrdersProcess("api", settings, log_dir, API_HOST="127.0.0.1", API_PORT=str(port))
-    group = [OrdersProcess("worker", settings, log_dir) for _ in range(workers)]
+    env = worker_env or {}
+    group = [OrdersProcess("worker", settings, log_dir, **env) for _ in range(workers)]
     stack = LiveStack(f"http://127.0.0.1:{port}", api, group, token_for(settings))
     try:
         await _until_ready(stack, settings.kafka.partitions, timeout)

@@ -27,7 +27,7 @@ from tests.integration.live_stack import free_port
 from tests.integration.throwaway import ThrowawayPostgres, throwaway_postgres
 
 # What the application's role may do to each table, and nothing more (migrations/versions/0003;
-# 0005: DELETE on consumer_positions, for `orders offsets delete`).
+# 0005: DELETE on consumer_positions, for `orders offsets delete`; 0008: intake).
 EXPECTED_PRIVILEGES = {
     "orders": {"SELECT", "INSERT"},
     "skipped_offsets": {"SELECT", "INSERT"},
@@ -42,6 +42,10 @@ EXPECTED_PRIVILEGES = {
     "analytics_watermarks": {"SELECT", "INSERT", "UPDATE", "DELETE"},
     # `orders payments` (migrations/versions/0007): the audit trail is append-only.
     "payment_attempts": {"SELECT", "INSERT"},
+    # `orders topics grow` (migrations/versions/0008): the API reads the state FOR SHARE (which
+    # needs UPDATE) and heartbeats; the grow pauses and resumes; nothing deletes a state.
+    "intake_state": {"SELECT", "INSERT", "UPDATE"},
+    "intake_members": {"SELECT", "INSERT", "UPDATE", "DELETE"},
     "alembic_version": set(),
 }
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
@@ -64,6 +68,7 @@ REFUSED_TO_THE_APP = [
     "UPDATE alembic_version SET version_num = '0001'",
     "UPDATE payment_attempts SET outcome = 'charged'",
     "DELETE FROM payment_attempts",
+    "DELETE FROM intake_state",
     "SELECT version_num FROM alembic_version",
     "CREATE DATABASE intruder",
     "CREATE ROLE intruder",

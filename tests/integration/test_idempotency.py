@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from app.settings import DatabaseSettings, Settings
 from tests.integration.api_client import (
     api_client,
     bearer,
+    intake_behind,
     order_body,
     publisher_behind,
     service_principal,
@@ -252,6 +254,14 @@ async def test_without_postgresql_a_keyed_order_gets_503_and_an_unkeyed_one_stil
     unreachable = settings.model_copy(update={"database": closed_port})
     customer = f"{run_id}-c"
     async with api_client(unreachable) as client:
+        # A process that never read the intake state refuses every order: it could be missing
+        # a pause of `orders topics grow` (app/api/intake.py).
+        never_read = await client.post("/orders", json=order_body(customer, 0))
+        assert never_read.status_code == 503
+        assert "not read the intake state" in never_read.json()["detail"]
+        # As if it had read it just before PostgreSQL went away (an outage shorter than
+        # API_INTAKE_STALE_S; tests/integration/test_database_outage.py has a real one).
+        await intake_behind(client).apply(None, time.monotonic())
         refused = await client.post("/orders", json=order_body(customer, 1), headers=keyed("k"))
         unkeyed = await client.post("/orders", json=order_body(customer, 2))
     assert refused.status_code == 503

@@ -109,12 +109,16 @@ ACLS = {
         for operation in ("CREATE", "DESCRIBE_CONFIGS", "ALTER_CONFIGS", "READ", "DESCRIBE")
     ),
     ("User:orders-operator", "TOPIC", ORDERS, "PREFIXED", "WRITE", "ALLOW"),
+    ("User:orders-operator", "TOPIC", ORDERS, "PREFIXED", "ALTER", "ALLOW"),
     *(
         ("User:orders-operator", "TOPIC", PAYMENTS, "PREFIXED", operation, "ALLOW")
         for operation in ("CREATE", "DESCRIBE_CONFIGS", "ALTER_CONFIGS", "DESCRIBE")
     ),
     ("User:orders-operator", "GROUP", GROUP, "PREFIXED", "READ", "ALLOW"),
     ("User:orders-operator", "GROUP", GROUP, "PREFIXED", "DESCRIBE", "ALLOW"),
+    ("User:orders-operator", "GROUP", GROUP, "PREFIXED", "DELETE", "ALLOW"),
+    ("User:orders-operator", "GROUP", ANALYTICS_GROUP, "PREFIXED", "DESCRIBE", "ALLOW"),
+    ("User:orders-operator", "GROUP", PAYMENTS_GROUP, "PREFIXED", "DESCRIBE", "ALLOW"),
 }
 
 # A stand-in on PATH for `java` and `keytool` while the broker is set up: it writes down its
@@ -510,7 +514,7 @@ async def test_an_order_and_a_poison_record_each_travel_with_their_own_principal
     [letter] = page.letters
     assert letter.value == b"not json"
     assert letter.origin == f"{operator.orders_topic}/{poison[0]}@{poison[1]}"
-    partition, offset = await replay_dead_letter(operator, letter.offset)
+    partition, offset = await replay_dead_letter(operator, engine, letter.offset)
     assert (partition, offset) == (poison[0], poison[1] + 1)  # its key's partition, appended
 
 

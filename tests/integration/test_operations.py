@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import contract
 from app import dlq_headers as dlq
+from app.batching import partition_for
+from app.db import intake
 from app.db.positions import set_position
 from app.operations.dlq import (
     REPLAYED_FROM,
@@ -128,7 +130,7 @@ async def test_dead_letters_are_listed_with_their_origin_and_can_be_replayed(
         assert letter.headers["dlq.error.class"] == "PoisonRecordError"
         assert letter.value == b"{broken"
 
-        partition, offset = await replay_dead_letter(settings.kafka, letter.offset)
+        partition, offset = await replay_dead_letter(settings.kafka, engine, letter.offset)
         assert partition == bad.partition  # same key, same partition
         assert offset > bad.offset
         # Still poison: dead-lettered again.
@@ -140,12 +142,9 @@ async def test_dead_letters_are_listed_with_their_origin_and_can_be_replayed(
     assert replayed["dlq.original.offset"] == str(offset)
 
 
-async def test_a_replayed_dead_letter_that_now_parses_is_stored_judged_by_its_first_append(
-    settings: Settings, engine: AsyncEngine, run_id: str
-) -> None:
-    """As if an older worker had dead-lettered a good order: replayed after its deadline, it is
-    judged by the time the broker first appended it, and stored."""
-    customer = f"{run_id}-replayed"
+async def a_late_order_dead_lettered(settings: Settings, customer: str) -> contract.OrderEnvelope:
+    """A good order on the DLQ as an older worker would have put it there (first appended after
+    its deadline, on partition 0 at offset 0 of the orders topic)."""
     order, first_append = late_order(customer)
     value, headers = contract.encode(order, "r-1")
     provenance = {
@@ -167,14 +166,47 @@ async def test_a_replayed_dead_letter_that_now_parses_is_stored_judged_by_its_fi
         )
     finally:
         await producer.stop()
+    return order
 
-    await replay_dead_letter(settings.kafka, 0)
+
+async def test_a_replayed_dead_letter_that_now_parses_is_stored_judged_by_its_first_append(
+    settings: Settings, engine: AsyncEngine, run_id: str
+) -> None:
+    """As if an older worker had dead-lettered a good order: replayed after its deadline, it is
+    judged by the time the broker first appended it, and stored."""
+    customer = f"{run_id}-replayed"
+    order = await a_late_order_dead_lettered(settings, customer)
+    await replay_dead_letter(settings.kafka, engine, 0)
     expected = Expectations()
     expected.accept(customer, order.order_id)
     async with worker_running(settings, engine) as worker:
         assert await wait_until_stored(engine, expected) == 1
     assert worker.stats.expired == 0
     assert (await check_ledger(engine, expected)).holds
+
+
+async def test_a_replay_is_refused_while_intake_is_paused_and_goes_where_the_api_would_put_it(
+    settings: Settings, engine: AsyncEngine, run_id: str
+) -> None:
+    """A replay passes the intake gate like an order: while `orders topics grow` holds intake
+    paused, a record sent could land behind the drain, so it is refused and nothing is sent;
+    once resumed it goes to murmur2(key) over the registered count."""
+    customer, topic = f"{run_id}-gated", settings.kafka.orders_topic
+    partitions = len(await end_offsets(settings.kafka.bootstrap_servers, topic))
+    await a_late_order_dead_lettered(settings, customer)
+    async with engine.begin() as connection:
+        await intake.register_topic(connection, topic, partitions)
+        await intake.pause(connection, topic, partitions, "growing to 12 partitions")
+    with pytest.raises(ReplayRefusedError, match=r"intake of .* is paused \(growing to 12"):
+        await replay_dead_letter(settings.kafka, engine, 0)
+    replayed = await orders_command(settings, "dlq", "replay", "--offset", "0", "--execute")
+    assert replayed.returncode == 1, replayed
+    assert "is paused" in replayed.stderr
+    assert sum((await end_offsets(settings.kafka.bootstrap_servers, topic)).values()) == 0
+    async with engine.begin() as connection:
+        await intake.resume(connection, topic, partitions)
+    partition, _ = await replay_dead_letter(settings.kafka, engine, 0)
+    assert partition == partition_for(customer.encode(), partitions)
 
 
 async def letters_on_the_dlq(settings: Settings, count: int, customer: str) -> None:
@@ -225,7 +257,7 @@ async def orders_command(
 
 
 async def test_dlq_commands_with_kafka_unreachable_fail_fast_with_a_clear_error(
-    settings: Settings,
+    settings: Settings, engine: AsyncEngine
 ) -> None:
     away = f"127.0.0.1:{closed_port()}"
     kafka = settings.kafka.model_copy(update={"bootstrap_servers": away})
@@ -233,7 +265,7 @@ async def test_dlq_commands_with_kafka_unreachable_fail_fast_with_a_clear_error(
     with pytest.raises(KafkaCommandError, match=away):
         await list_dead_letters(kafka)
     with pytest.raises(KafkaCommandError, match=away):
-        await replay_dead_letter(kafka, 0)
+        await replay_dead_letter(kafka, engine, 0)
 
     listed = await orders_command(settings, "dlq", "list", KAFKA_BOOTSTRAP_SERVERS=away)
     replayed = await orders_command(
@@ -249,7 +281,7 @@ async def test_dlq_commands_with_kafka_unreachable_fail_fast_with_a_clear_error(
 
 
 async def test_dlq_list_after_delete_records_starts_at_the_new_log_start(
-    settings: Settings, run_id: str
+    settings: Settings, engine: AsyncEngine, run_id: str
 ) -> None:
     await letters_on_the_dlq(settings, 5, f"{run_id}-x")
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
@@ -275,9 +307,9 @@ async def test_dlq_list_after_delete_records_starts_at_the_new_log_start(
     with pytest.raises(
         ReplayRefusedError, match=r"dead letter 1 no longer exists.*starts at offset 3"
     ):
-        await replay_dead_letter(settings.kafka, 1)
+        await replay_dead_letter(settings.kafka, engine, 1)
     with pytest.raises(ReplayRefusedError, match=r"no dead letter at offset 5.*ends at offset 5"):
-        await replay_dead_letter(settings.kafka, 5)
+        await replay_dead_letter(settings.kafka, engine, 5)
 
     shown = await orders_command(settings, "dlq", "list")
     assert shown.returncode == 0, shown

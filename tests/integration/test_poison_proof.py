@@ -353,11 +353,11 @@ async def test_a_dead_letter_replayed_twice_is_judged_by_its_first_journey(
         async with worker_running(settings, engine) as worker:
             assert await eventually(lambda: worker.stats.dead_lettered == 1)
             await asyncio.sleep(2.5)  # the order's acceptance deadline has passed
-            await replay_dead_letter(settings.kafka, 0)
+            await replay_dead_letter(settings.kafka, engine, 0)
             assert await eventually(lambda: worker.stats.dead_lettered == 2)
             async with owner_engine.begin() as connection:
                 await connection.execute(text(f"ALTER TABLE orders DROP CONSTRAINT {constraint}"))
-            await replay_dead_letter(settings.kafka, 1)
+            await replay_dead_letter(settings.kafka, engine, 1)
             expected = Expectations()
             expected.accept(customer, order.order_id)
             assert await wait_until_stored(engine, expected, timeout=30) == 1
