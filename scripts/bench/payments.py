@@ -44,22 +44,21 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-import asyncpg
 import httpx
 import psutil
 import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from worker import drop_database, prepare_database  # scripts/bench/worker.py
 
 from app import contract
 from app.db.engine import create_engine
-from app.db.migrate import upgrade_database
 from app.payments.gateway_client import GatewayClient, charge_until_final
 from app.payments.key_ordered import KeyOrderedScheduler
 from app.payments.order_charges import charge_for
 from app.payments.worker import BUFFERED_PER_SLOT, PaymentsWorker
-from app.settings import DatabaseSettings, Settings, get_settings
+from app.settings import Settings, get_settings
 from app.topics import ensure_topics
 from app.worker.fetch_positions import Record
 
@@ -291,37 +290,6 @@ async def payments_worker(
     }
 
 
-async def prepare_database(settings: Settings, name: str) -> str:
-    """A fresh database `name`, created and migrated by the schema's owner (the audit table is
-    migration 0007's); returns the application role's URL of it."""
-    owner = str(settings.database.owner_url)
-    admin = await asyncpg.connect(_plain(owner).rsplit("/", 1)[0] + "/postgres")
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = str(settings.database.url).rsplit("/", 1)[0] + f"/{name}"
-    migration_url = owner.rsplit("/", 1)[0] + f"/{name}"
-    await asyncio.to_thread(
-        upgrade_database,
-        DatabaseSettings(url=url, migration_url=migration_url),  # type: ignore[arg-type]
-    )
-    return url
-
-
-async def drop_database(settings: Settings, name: str) -> None:
-    owner = str(settings.database.owner_url)
-    admin = await asyncpg.connect(_plain(owner).rsplit("/", 1)[0] + "/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-def _plain(url: str) -> str:
-    return url.replace("+asyncpg", "")
-
-
 async def commit_watermarks(kafka: AIOKafkaConsumer, topic: str, marks: dict[int, int]) -> None:
     if marks:
         await kafka.commit(
@@ -440,6 +408,7 @@ def passed(mode: dict[str, object]) -> bool:
 async def main() -> int:
     settings = get_settings()
     run = uuid.uuid4().hex[:6]
+    owner = str(settings.database.owner_url)
     topic = f"bench-payments-{run}"
     kafka = settings.kafka.model_copy(update={"orders_topic": topic, "dlq_topic": f"{topic}.DLQ"})
     await ensure_topics(kafka)  # the orders topic's own configs: 6 partitions, LogAppendTime
@@ -447,11 +416,13 @@ async def main() -> int:
         per_customer = await fill_topic(kafka.bootstrap_servers, topic, run)
         plain = await run_mode("partition_at_a_time", settings, topic, per_customer)
         keyed = await run_mode("key_ordered", settings, topic, per_customer)
-        database = await prepare_database(settings, f"orders_bench_payments_{run}")
+        database = await prepare_database(
+            str(settings.database.url), owner, f"orders_bench_payments_{run}"
+        )
         try:
             worker = await run_mode("payments_worker", settings, topic, per_customer, database)
         finally:
-            await drop_database(settings, f"orders_bench_payments_{run}")
+            await drop_database(owner, f"orders_bench_payments_{run}")
     finally:
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
         await admin.start()

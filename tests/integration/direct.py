@@ -52,6 +52,21 @@ async def started_producer(bootstrap: str, **options: Any) -> AIOKafkaProducer:
     return producer
 
 
+def payable_order(customer: str) -> contract.OrderEnvelope:
+    """A good order of one line (9.90 EUR), accepted now and payable for 10 minutes."""
+    now = datetime.now(UTC)
+    items = (contract.OrderLine(sku="sku-1", quantity=1, unit_price=Decimal("9.90")),)
+    return contract.OrderEnvelope(
+        order_id=uuid.uuid4(),
+        customer_id=customer,
+        items=items,
+        total=contract.order_total(items),
+        currency="EUR",
+        accepted_at=now,
+        accept_by=now + timedelta(minutes=10),
+    )
+
+
 def late_order(customer: str) -> tuple[contract.OrderEnvelope, datetime]:
     """A good order first appended 30 s ago, its acceptance deadline long past by now."""
     first_append = datetime.now(UTC) - timedelta(seconds=30)

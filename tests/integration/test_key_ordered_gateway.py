@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -24,6 +22,7 @@ from app.payments.order_charges import charge_for
 from app.settings import KafkaSettings
 from app.topics import ensure_topics
 from app.worker.fetch_positions import Record
+from tests.integration.direct import payable_order
 from tests.integration.endpoints import Endpoints
 from tests.integration.kafka_tools import end_offsets
 from tests.integration.processes import GatewayProcess
@@ -39,20 +38,6 @@ def flaky_gateway(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-def an_order(customer: str) -> contract.OrderEnvelope:
-    now = datetime.now(UTC)
-    items = (contract.OrderLine(sku="sku-1", quantity=1, unit_price=Decimal("9.90")),)
-    return contract.OrderEnvelope(
-        order_id=uuid.uuid4(),
-        customer_id=customer,
-        items=items,
-        total=contract.order_total(items),
-        currency="EUR",
-        accepted_at=now,
-        accept_by=now + timedelta(minutes=10),
-    )
-
-
 async def fill(bootstrap: str, topic: str, run: str) -> dict[str, list[str]]:
     """Orders of CUSTOMERS customers, and a poison record; each customer's ids in offset order."""
     per_customer: dict[str, list[str]] = {}
@@ -61,7 +46,7 @@ async def fill(bootstrap: str, topic: str, run: str) -> dict[str, list[str]]:
     try:
         sent = []
         for n in range(ORDERS_PER_RUN):
-            order = an_order(f"{run}-{n % CUSTOMERS}")
+            order = payable_order(f"{run}-{n % CUSTOMERS}")
             value, headers = contract.encode(order, f"req-{n}")
             per_customer.setdefault(order.customer_id, []).append(str(order.order_id))
             sent.append(await producer.send(topic, value, key=order.key, headers=headers))

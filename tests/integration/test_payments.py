@@ -13,10 +13,7 @@ import asyncio
 import random
 import signal
 import time
-import uuid
 from collections import Counter
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +30,7 @@ from app.settings import PaymentsSettings, Settings
 from app.topics import ensure_topics
 from app.worker.fetch_positions import FetchPositions
 from tests.integration.conftest import make_settings
+from tests.integration.direct import payable_order
 from tests.integration.endpoints import Endpoints
 from tests.integration.kafka_tools import end_offsets
 from tests.integration.processes import GatewayProcess, OrdersProcess
@@ -74,20 +72,6 @@ def payments_settings(endpoints: Endpoints, database_url: str, gateway_url: str)
     return base.model_copy(update={"payments": payments})
 
 
-def an_order(customer: str) -> contract.OrderEnvelope:
-    now = datetime.now(UTC)
-    items = (contract.OrderLine(sku="sku-1", quantity=1, unit_price=Decimal("9.90")),)
-    return contract.OrderEnvelope(
-        order_id=uuid.uuid4(),
-        customer_id=customer,
-        items=items,
-        total=contract.order_total(items),
-        currency="EUR",
-        accepted_at=now,
-        accept_by=now + timedelta(minutes=10),
-    )
-
-
 async def place_orders(
     settings: Settings, count: int, customers: int
 ) -> tuple[dict[str, list[str]], dict[str, str]]:
@@ -103,7 +87,7 @@ async def place_orders(
     try:
         sent = []
         for n in range(count):
-            order = an_order(f"{run}-c{n % customers}")
+            order = payable_order(f"{run}-c{n % customers}")
             request_id = f"req-{run}-{n}"
             value, headers = contract.encode(order, request_id)
             per_customer.setdefault(order.customer_id, []).append(str(order.order_id))
